@@ -1,0 +1,1 @@
+"""Submitting stages as jobs: profiles -> executor parameters, the login-node launcher, the job side."""

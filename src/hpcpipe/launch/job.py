@@ -1,0 +1,98 @@
+"""Job side: what runs on the compute node (or in the local subprocess).
+
+``run_stage`` is what the launcher hands to submitit. It is pickled by reference,
+so the login node never imports the stage (and so never imports torch): the
+import happens here, in the job.
+
+Outputs are published atomically: the stage writes every output to a temporary
+sibling path; only when the stage function returned do they replace the real
+paths, each with one ``os.replace``. A stage that raises, is cancelled or is
+killed leaves the previous outputs untouched (and at worst a ``.tmp-`` sibling,
+which the next run of the stage removes).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hpcpipe.config import Params
+from hpcpipe.stages import StageSpec
+
+TMP_MARK = ".tmp-"
+
+
+def import_target(target: str) -> Any:
+    """Resolve ``"package.module:function"``."""
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def staging_path(final: Path, token: str) -> Path:
+    """A hidden sibling of ``final``: same directory, so the rename is atomic."""
+    return final.with_name(f".{final.name}{TMP_MARK}{token}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def remove_stale_staging(final: Path) -> None:
+    """Remove leftovers of earlier runs that were killed before publishing."""
+    if final.parent.is_dir():
+        for leftover in final.parent.glob(f".{final.name}{TMP_MARK}*"):
+            _remove(leftover)
+
+
+def publish(staged: Path, final: Path) -> None:
+    """Move ``staged`` into place. Files: one atomic rename. Directories cannot be
+    replaced atomically when the target exists, so the old one is first renamed
+    aside and removed only after the new one is in place."""
+    if not staged.exists():
+        raise FileNotFoundError(f"stage finished but did not write its output {final}")
+    if staged.is_dir() and final.exists():
+        old = staging_path(final, f"old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(staged, final)
+        _remove(old)
+    else:
+        os.replace(staged, final)
+
+
+def run_stage(spec: StageSpec, params: Params, paths: Mapping[str, str], workdir: str) -> dict[str, Any]:
+    """Run one stage function with staged outputs, then publish them.
+
+    ``paths`` maps each role of ``spec`` to its path relative to ``workdir`` (the
+    project root, where DVC runs the stage command).
+    """
+    os.chdir(workdir)
+    func = import_target(spec.target)
+    token = f"{os.getpid()}-{int(time.time())}"
+    staged: dict[str, Path] = {}
+    kwargs: dict[str, Path] = {}
+    for role in spec.roles:
+        final = Path(paths[role])
+        if role in spec.outputs:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_staging(final)
+            staged[role] = staging_path(final, token)
+            kwargs[role] = staged[role]
+        else:
+            kwargs[role] = final
+    try:
+        metrics = func(params, **kwargs)
+        for role, tmp in staged.items():
+            publish(tmp, Path(paths[role]))
+    finally:
+        for tmp in staged.values():
+            if tmp.exists():
+                _remove(tmp)
+    return dict(metrics or {})

@@ -1,0 +1,179 @@
+"""Login-node side of a stage: submit, stream state and log, wait, check, cancel.
+
+This is what ``hpcpipe run STAGE`` (the ``cmd`` of each DVC stage) does. It never
+imports torch: the job is submitted as a reference to ``job.run_stage``, which
+imports the stage on the node.
+
+Exit status: 0 when the job completed, returned a result and every declared
+output exists; 1 when the job failed (its last stderr lines are printed);
+130/143 when the launcher was interrupted (the job is cancelled first).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from hpcpipe.config import Params, Profile
+from hpcpipe.launch import job as job_side
+from hpcpipe.launch.executors import make_executor
+from hpcpipe.stages import StageSpec
+
+STDERR_TAIL_LINES = 20
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM reached the launcher."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass
+class LogFollower:
+    """Prints what a growing log file gained since the last call."""
+
+    path: Path
+    out: TextIO
+    offset: int = 0
+    _partial: str = field(default="", repr=False)
+
+    def pump(self, final: bool = False) -> None:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return
+        self.offset += len(chunk)
+        text = self._partial + chunk.decode("utf-8", errors="replace")
+        lines = text.split("\n")
+        self._partial = lines.pop()
+        if final and self._partial:
+            lines.append(self._partial)
+            self._partial = ""
+        for line in lines:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+
+def tail(path: Path | None, lines: int = STDERR_TAIL_LINES) -> list[str]:
+    if path is None or not path.exists():
+        return []
+    return path.read_text(errors="replace").splitlines()[-lines:]
+
+
+def job_folder(root: Path, profile: Profile, stage: str) -> Path:
+    """Job folders hold pickles that run code when loaded: owner-only (0700)."""
+    folder = root / profile.job_dir / stage
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in [folder, *folder.relative_to(root).parents]:
+        path = root / part
+        if path != root:
+            path.chmod(0o700)
+    return folder
+
+
+class _SignalsAsExceptions:
+    """Turn SIGINT/SIGTERM into ``Interrupted`` for the duration of a wait, so a
+    Ctrl-C or a killed ``dvc repro`` cancels the job instead of orphaning it."""
+
+    def __enter__(self) -> None:
+        def raise_interrupted(signum: int, _frame: Any) -> None:
+            raise Interrupted(signum)
+
+        self._old = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._old.items():
+            signal.signal(signum, handler)
+
+
+def say(message: str) -> None:
+    print(f"hpcpipe: {message}", file=sys.stderr, flush=True)
+
+
+def launch(
+    spec: StageSpec,
+    params: Params,
+    paths: Mapping[str, str],
+    profile: Profile,
+    root: Path,
+) -> int:
+    """Run ``spec`` under ``profile`` and return the launcher's exit status."""
+    folder = job_folder(root, profile, spec.name)
+    executor = make_executor(profile, spec.name, folder)
+    started = time.monotonic()
+    with _SignalsAsExceptions():
+        job = None
+        try:
+            job = executor.submit(job_side.run_stage, spec, params, dict(paths), str(root))
+            say(f"{spec.name}: job {job.job_id} submitted ({profile.name}: {profile.executor})")
+            _follow(job, profile.poll_s, started, spec.name)
+        except Interrupted as stop:
+            if job is not None:
+                job.cancel()
+                say(f"{spec.name}: {stop} received; cancelled job {job.job_id}; outputs left as they were")
+            return EXIT_INTERRUPTED if stop.signum == signal.SIGINT else 128 + stop.signum
+    return _outcome(job, spec, paths, root, time.monotonic() - started)
+
+
+def _follow(job: Any, poll_s: float, started: float, stage: str) -> None:
+    """Stream the job's logs and state changes until it is done."""
+    followers = []
+    if job.paths is not None:
+        followers = [LogFollower(job.paths.stdout, sys.stdout), LogFollower(job.paths.stderr, sys.stderr)]
+    last_state = None
+    while True:
+        finished = job.done()
+        state = job.state
+        if state != last_state:
+            say(f"{stage}: job {job.job_id} {state} ({time.monotonic() - started:.1f} s)")
+            last_state = state
+        for follower in followers:
+            follower.pump(final=finished)
+        if finished:
+            return
+        time.sleep(poll_s)
+
+
+def _outcome(job: Any, spec: StageSpec, paths: Mapping[str, str], root: Path, elapsed: float) -> int:
+    try:
+        job.result()
+    except Exception as err:  # submitit raises its own types, the inline job the stage's
+        stderr_path = job.paths.stderr if job.paths is not None else None
+        lines = tail(stderr_path)
+        if lines:
+            say(f"{spec.name}: last {len(lines)} lines of {stderr_path}:")
+            for line in lines:
+                print(f"  | {line}", file=sys.stderr)
+        # the job's own last words (the exception line of its traceback) beat submitit's wrapper text
+        reason = lines[-1].strip() if lines else (str(err).strip() or type(err).__name__).splitlines()[-1]
+        say(
+            f"{spec.name}: job {job.job_id} FAILED after {elapsed:.1f} s: {reason}; outputs left as they were"
+        )
+        return EXIT_FAILED
+    missing = [paths[role] for role in spec.outputs if not (root / paths[role]).exists()]
+    if missing:
+        say(f"{spec.name}: job {job.job_id} finished but these outputs are missing: {', '.join(missing)}")
+        return EXIT_FAILED
+    say(f"{spec.name}: job {job.job_id} COMPLETED in {elapsed:.1f} s")
+    return 0
+
+
+def relative_to_root(path: str, root: Path) -> str:
+    """Paths are passed to the job relative to the project root (shared filesystem)."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(root.resolve()))
+    except ValueError:
+        return str(absolute)

@@ -1,0 +1,53 @@
+"""Stage functions for launcher tests: real files, real failures, no torch.
+
+They stand in for the CIFAR-10 stages where a test is about the launcher (how a
+job is submitted, streamed, published, cancelled), not about training. They are
+imported by the job process, so the test copies this file into the project root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def write_outputs(params, *, source: Path, result: Path, report: Path) -> dict:
+    text = source.read_text()
+    print(f"read {len(text)} characters", flush=True)
+    print("a line on stderr", file=sys.stderr, flush=True)
+    result.write_text(text.upper())
+    report.mkdir()
+    (report / "summary.json").write_text(json.dumps({"chars": len(text), "lr": params.train.lr}))
+    return {"chars": len(text)}
+
+
+def fail_halfway(params, *, source: Path, result: Path, report: Path) -> dict:
+    result.write_text("half written")
+    report.mkdir()
+    for i in range(25):
+        print(f"stderr line {i}", file=sys.stderr, flush=True)
+    raise RuntimeError("the stage broke on purpose")
+
+
+def sleep_then_write(params, *, source: Path, result: Path, report: Path) -> dict:
+    Path("job.pid").write_text(str(os.getpid()))
+    print("sleeping", flush=True)
+    time.sleep(120)
+    result.write_text("too late")
+    report.mkdir()
+    return {}
+
+
+def forget_output(params, *, source: Path, result: Path, report: Path) -> dict:
+    result.write_text("only one of two")
+    return {}
+
+
+def torch_loaded(params, *, source: Path, result: Path, report: Path) -> dict:
+    """Reports whether the job process had torch imported (the launcher must not need it)."""
+    result.write_text(str("torch" in sys.modules))
+    report.mkdir()
+    return {}

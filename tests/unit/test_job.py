@@ -1,0 +1,84 @@
+"""Job side: outputs are written to staging paths and published only on success."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpcpipe.config import load_params
+from hpcpipe.launch.job import run_stage, staging_path
+from hpcpipe.stages import StageSpec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def spec(function: str) -> StageSpec:
+    return StageSpec(
+        name="fake",
+        target=f"tests.support.fake_stages:{function}",
+        sections=("train",),
+        inputs=("source",),
+        outputs=("result", "report"),
+    )
+
+
+PATHS = {"source": "source.txt", "result": "out/result.txt", "report": "out/report"}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "source.txt").write_text("abc")
+    return tmp_path
+
+
+@pytest.fixture
+def params():
+    return load_params(REPO / "params.yaml")
+
+
+def test_success_publishes_every_output_and_leaves_no_staging(workdir, params, monkeypatch):
+    monkeypatch.chdir(REPO)  # so `tests.support` imports; run_stage chdirs to workdir itself
+    metrics = run_stage(spec("write_outputs"), params, PATHS, str(workdir))
+    assert metrics == {"chars": 3}
+    assert (workdir / "out" / "result.txt").read_text() == "ABC"
+    assert (workdir / "out" / "report" / "summary.json").exists()
+    assert sorted(p.name for p in (workdir / "out").iterdir()) == ["report", "result.txt"]
+
+
+def test_failure_leaves_previous_outputs_untouched(workdir, params, monkeypatch):
+    monkeypatch.chdir(REPO)
+    out = workdir / "out"
+    (out / "report").mkdir(parents=True)
+    (out / "result.txt").write_text("previous result")
+    (out / "report" / "summary.json").write_text("previous report")
+    with pytest.raises(RuntimeError, match="on purpose"):
+        run_stage(spec("fail_halfway"), params, PATHS, str(workdir))
+    assert (out / "result.txt").read_text() == "previous result"
+    assert (out / "report" / "summary.json").read_text() == "previous report"
+    assert sorted(p.name for p in out.iterdir()) == ["report", "result.txt"]
+
+
+def test_directory_output_is_replaced_whole(workdir, params, monkeypatch):
+    monkeypatch.chdir(REPO)
+    old_report = workdir / "out" / "report"
+    old_report.mkdir(parents=True)
+    (old_report / "stale.txt").write_text("from an older run")
+    run_stage(spec("write_outputs"), params, PATHS, str(workdir))
+    assert sorted(p.name for p in old_report.iterdir()) == ["summary.json"]
+
+
+def test_a_missing_output_fails_and_publishes_nothing(workdir, params, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(FileNotFoundError, match="did not write its output out/report"):
+        run_stage(spec("forget_output"), params, PATHS, str(workdir))
+    assert not (workdir / "out" / "report").exists()
+
+
+def test_leftovers_of_a_killed_run_are_removed(workdir, params, monkeypatch):
+    monkeypatch.chdir(REPO)
+    (workdir / "out").mkdir()
+    leftover = staging_path(workdir / "out" / "result.txt", "999-1")
+    leftover.write_text("half written by a killed job")
+    run_stage(spec("write_outputs"), params, PATHS, str(workdir))
+    assert not leftover.exists()
