@@ -19,7 +19,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "cifar10-sample.tar.xz"
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", ".gitignore")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", ".gitignore", "data/raw.dvc")
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -48,8 +48,14 @@ SMALL = {
 }
 
 
+@pytest.fixture(scope="session")
+def committed_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CIFAR-10 sample, unpacked once per test session (read-only by convention)."""
+    return unpack_sample(tmp_path_factory.mktemp("sample"))
+
+
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, committed_sample: Path) -> Path:
     root = tmp_path / "project"
     root.mkdir()
     for name in PROJECT_FILES:
@@ -60,8 +66,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(src, dst)
-    (root / "data").mkdir()
-    unpack_sample(root / "data")
+    # hard links: 12,000 files in a blink; nothing in the pipeline writes to raw data
+    shutil.copytree(committed_sample, root / "data" / "raw", copy_function=os.link)
     update_params(root, **SMALL)
     env = {
         "GIT_AUTHOR_NAME": "t",

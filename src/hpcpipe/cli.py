@@ -86,10 +86,20 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from hpcpipe.ml.data import fetch
-
+    """Download (cifar10) or check (imagefolder) the raw data on a machine with internet,
+    typically a login node, so that jobs on offline compute nodes find it in place."""
     params = load_params(Path.cwd() / args.params)
-    print(fetch(params.data))
+    from hpcpipe.ml.data import DataSourceError, load_source
+
+    try:
+        data = load_source(params.data.source, params.data.path)
+    except DataSourceError as err:
+        print(f"hpcpipe: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"{params.data.path}: {len(data.train)} train and {len(data.test)} test images, "
+        f"{len(data.classes)} classes ({params.data.source}); track it with: dvc add {params.data.path}"
+    )
     return 0
 
 

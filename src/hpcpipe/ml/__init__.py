@@ -1,0 +1,11 @@
+"""The machine-learning half of the example pipeline, kept apart from the launch machinery.
+
+- ``data``: raw sources (an image folder, or torchvision's CIFAR-10 download), the
+  stratified seeded subset, and the prepared tensors that ``prepare`` writes.
+- ``loader``: a batch loader that keeps the whole data set as one tensor on the
+  device and augments on the device (no PIL, no worker processes).
+- ``models``: the PyTorch tutorial CNN and a CIFAR-sized ResNet-18.
+- ``training``: the recipe (SGD + nesterov, warmup + cosine per step) and ``predict``.
+
+These modules import torch at the top; they are imported only inside a job.
+"""

@@ -1,0 +1,72 @@
+"""Stage ``evaluate``: a trained model on the prepared test split.
+
+    hpcpipe run evaluate       # reads params.yaml: evaluate.*
+
+Writes test metrics (overall and per class) and a confusion CSV with one
+``actual,predicted`` row per image, the layout DVC's confusion plot template reads.
+Normalisation comes from the model file, so the test images are treated exactly
+as the training images were.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hpcpipe.config import Params
+from hpcpipe.ml.data import load_split, read_manifest, write_json
+from hpcpipe.ml.loader import BatchLoader
+from hpcpipe.ml.models import build_model
+from hpcpipe.ml.training import memory_format, pick_device, predict
+
+
+def evaluate(
+    params: Params, *, prepared: Path, model: Path, metrics: Path, confusion: Path
+) -> dict[str, Any]:
+    device = pick_device()
+    checkpoint = torch.load(model, map_location="cpu", weights_only=True)
+    classes = checkpoint["classes"]
+    prepared_classes = read_manifest(prepared)["classes"]
+    if prepared_classes != classes:
+        raise ValueError(f"{model}: trained on classes {classes}, but {prepared} has {prepared_classes}")
+    net = build_model(checkpoint["model"], num_classes=len(classes))
+    net.load_state_dict(checkpoint["state_dict"])
+    net.to(device, memory_format=memory_format(device))
+
+    test = load_split(prepared, "test")
+    loader = BatchLoader(
+        test.images.to(device),
+        test.labels.to(device),
+        batch_size=params.evaluate.batch_size,
+        mean=checkpoint["mean"],
+        std=checkpoint["std"],
+    )
+    predictions, loss = predict(net, loader, device)
+    labels = test.labels
+    hits = predictions == labels
+    per_class = {
+        name: round(hits[labels == k].float().mean().item(), 4)
+        for k, name in enumerate(classes)
+        if (labels == k).any()  # a tiny test subset can leave a class out
+    }
+    result = {
+        "test_accuracy": round(hits.float().mean().item(), 4) if len(labels) else 0.0,
+        "test_loss": round(loss, 4),
+        "test_images": len(labels),
+        "per_class_accuracy": per_class,
+    }
+    write_json(metrics, result)
+    _write_confusion(confusion, labels.tolist(), predictions.tolist(), classes)
+    print(f"test accuracy: {result['test_accuracy']:.4f} ({len(labels)} images)", flush=True)
+    return result
+
+
+def _write_confusion(path: Path, actual: list[int], predicted: list[int], classes: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("actual", "predicted"))
+        writer.writerows((classes[a], classes[p]) for a, p in zip(actual, predicted, strict=True))

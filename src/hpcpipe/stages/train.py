@@ -1,0 +1,101 @@
+"""Stage ``train``: prepared tensors -> a trained model, its metrics and history.
+
+    hpcpipe run train          # reads params.yaml: train.*
+
+The training images are moved to the device once and batched there (see
+``hpcpipe.ml.loader``); on a GPU the model runs channels_last under bf16 autocast.
+Prints one line per epoch. ``tutorial`` on the 10k-image sample, 2 CPU cores:
+about 5,000 images/s, i.e. ~2 s an epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hpcpipe.config import Params
+from hpcpipe.ml.data import load_split, read_manifest, torch_save, write_json
+from hpcpipe.ml.loader import BatchLoader
+from hpcpipe.ml.models import build_model
+from hpcpipe.ml.training import EpochStats, fit, memory_format, pick_device
+
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "lr", "images_per_s")
+
+
+def train(params: Params, *, prepared: Path, model: Path, metrics: Path, history: Path) -> dict[str, Any]:
+    p = params.train
+    device = pick_device()
+    torch.manual_seed(p.seed)  # the model's initial weights; the loader has its own seeded stream
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels once
+    manifest = read_manifest(prepared)
+    classes = manifest["classes"]
+    data = load_split(prepared, "train")
+    images, labels = data.images.to(device), data.labels.to(device)  # once: batches are cut on the device
+    loader = BatchLoader(
+        images,
+        labels,
+        batch_size=min(p.batch_size, len(labels)),  # a tiny subset still makes one full batch
+        mean=manifest["mean"],
+        std=manifest["std"],
+        shuffle=True,
+        augment=p.augment,
+        drop_last=True,
+        seed=p.seed,
+    )
+    net = build_model(p.model, num_classes=len(classes)).to(device, memory_format=memory_format(device))
+
+    def report(s: EpochStats) -> None:
+        print(
+            f"epoch {s.epoch}/{p.epochs}  loss {s.loss:.4f}  acc {s.accuracy:.4f}  lr {s.lr:.4f}  "
+            f"{s.images_per_s:.0f} img/s  {s.seconds:.1f} s",
+            flush=True,
+        )
+
+    stats = fit(
+        net,
+        loader,
+        epochs=p.epochs,
+        lr=p.lr,
+        momentum=p.momentum,
+        weight_decay=p.weight_decay,
+        device=device,
+        on_epoch=report,
+    )
+
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    torch_save(
+        {
+            "model": p.model,
+            "state_dict": state,
+            "classes": classes,
+            "mean": manifest["mean"],
+            "std": manifest["std"],
+        },
+        model,
+    )
+    seconds = sum(s.seconds for s in stats)
+    result = {
+        "train_loss": round(stats[-1].loss, 4),
+        "train_accuracy": round(stats[-1].accuracy, 4),
+        "epochs": p.epochs,
+        "images_per_s": round(sum(s.images_per_s * s.seconds for s in stats) / seconds, 1),
+        "seconds": round(seconds, 2),
+    }
+    write_json(metrics, result)
+    _write_history(history, stats)
+    return result
+
+
+def _write_history(path: Path, stats: list[EpochStats]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(HISTORY_FIELDS)
+        for s in stats:
+            writer.writerow(
+                [s.epoch, f"{s.loss:.6f}", f"{s.accuracy:.6f}", f"{s.lr:.6g}", f"{s.images_per_s:.1f}"]
+            )
