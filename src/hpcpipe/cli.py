@@ -1,7 +1,10 @@
 """The ``hpcpipe`` command. ``main(argv)`` returns the exit status, so tests call it directly.
 
     hpcpipe run STAGE --ROLE PATH ...   run one pipeline stage as a job (a dvc.yaml cmd)
-    hpcpipe cluster [NAME]              print the resolved cluster profile
+    hpcpipe status                      the last job of each stage: state, node, elapsed, log
+    hpcpipe logs STAGE [-f]             print or follow a stage's job log
+    hpcpipe cancel STAGE | --all        cancel queued or running stage jobs
+    hpcpipe cluster [NAME]              print the resolved cluster profile and check it
     hpcpipe fetch                       download the raw data named in params.yaml
 
 Exit status 2 means bad input (params, profile, arguments): one line says what
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +43,19 @@ def _parser() -> argparse.ArgumentParser:
 
     cluster = sub.add_parser("cluster", help="print the resolved cluster profile")
     cluster.add_argument("name", nargs="?", help="profile name (default: $HPCPIPE_CLUSTER, else detected)")
+
+    status = sub.add_parser("status", help="the last job of each stage: state, node, elapsed, log")
+    status.add_argument("--cluster")
+
+    logs = sub.add_parser("logs", help="print (or follow) the log of a stage's last job")
+    logs.add_argument("stage", choices=sorted(STAGES))
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job is over")
+    logs.add_argument("--cluster")
+
+    cancel = sub.add_parser("cancel", help="cancel a stage's job, or every stage's")
+    cancel.add_argument("stage", nargs="?", choices=sorted(STAGES))
+    cancel.add_argument("--all", action="store_true")
+    cancel.add_argument("--cluster")
 
     fetch = sub.add_parser("fetch", help="download the raw data that params.yaml names (data.source)")
     fetch.add_argument("--params", default="params.yaml")
@@ -68,6 +85,7 @@ def parse_stage_paths(spec: StageSpec, extra: list[str]) -> dict[str, str]:
 
 
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    from hpcpipe.launch.checks import account_problem
     from hpcpipe.launch.launcher import launch, relative_to_root
 
     root = Path.cwd()
@@ -75,13 +93,62 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     paths = parse_stage_paths(spec, extra)
     params = load_params(root / args.params)
     profile = load_profile(resolve_profile_name(args.cluster), root)
+    problem = account_problem(profile, os.environ)
+    if problem:
+        raise ConfigError(problem)
     paths = {role: relative_to_root(path, root) for role, path in paths.items()}
     return launch(spec, params, paths, profile, root)
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
+    from hpcpipe.launch.checks import run_checks
+
     profile = load_profile(resolve_profile_name(args.name), Path.cwd())
     print(yaml.safe_dump(dataclasses.asdict(profile), sort_keys=False), end="")
+    checks = run_checks(profile, Path.cwd())
+    print("checks:")
+    for check in checks:
+        print(f"  {check.line()}")
+    return 0 if all(check.ok for check in checks) else 1
+
+
+def _ledger(cluster: str | None):
+    from hpcpipe.launch.launcher import ledger_for
+
+    root = Path.cwd()
+    return ledger_for(root, load_profile(resolve_profile_name(cluster), root))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from hpcpipe.launch.control import format_table, status_rows
+
+    rows = status_rows(_ledger(args.cluster))
+    print(format_table(rows) if rows else "no jobs recorded yet (hpcpipe run or dvc repro submits them)")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from hpcpipe.launch.control import show_logs
+
+    entry = _ledger(args.cluster).get(args.stage)
+    if entry is None or not entry.stdout:
+        raise UsageError(f"no job with a log recorded for stage {args.stage!r}; see hpcpipe status")
+    show_logs(entry, args.follow, poll_s=1.0)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from hpcpipe.launch.control import cancel
+
+    if bool(args.stage) == bool(args.all):
+        raise UsageError("hpcpipe cancel: name one STAGE, or --all")
+    ledger = _ledger(args.cluster)
+    entries = list(ledger.entries()) if args.all else [e for e in [ledger.get(args.stage)] if e]
+    cancelled = [e for e in entries if cancel(e)]
+    for entry in cancelled:
+        print(f"cancelled {entry.stage}: job {entry.job_id}")
+    if not cancelled:
+        print("nothing to cancel: no queued or running job")
     return 0
 
 
@@ -110,9 +177,14 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, extra)
         if extra:
             raise UsageError(f"hpcpipe {args.command}: unexpected {' '.join(extra)}")
-        if args.command == "cluster":
-            return cmd_cluster(args)
-        return cmd_fetch(args)
+        handlers = {
+            "cluster": cmd_cluster,
+            "status": cmd_status,
+            "logs": cmd_logs,
+            "cancel": cmd_cancel,
+            "fetch": cmd_fetch,
+        }
+        return handlers[args.command](args)
     except (ConfigError, UsageError) as err:
         print(f"hpcpipe: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -31,6 +31,9 @@ PROFILE_DIR = Path("configs") / "cluster"
 MODELS = ("tutorial", "resnet18")
 DATA_SOURCES = ("cifar10", "imagefolder")
 EXECUTORS = ("local", "slurm", "inline")
+# Where Slurm clients find their configuration when $SLURM_CONF is unset (the
+# Debian/RHEL packages, and configless clusters' cached copy).
+SLURM_CONF_LOCATIONS = ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf", "/run/slurm/conf/slurm.conf")
 
 
 # --------------------------------------------------------------------------- params.yaml
@@ -123,6 +126,9 @@ class Profile:
     job_dir: str = rule(bool, "a non-empty path", default=".hpcpipe/jobs")
     poll_s: float = positive(default=0.5)
     description: str = ""
+    # Sites that charge an allocation refuse jobs without one: checked before submitting.
+    # The account comes from the resources or from sbatch's own $SBATCH_ACCOUNT.
+    require_account: bool = False
     defaults: Resources = field(default_factory=Resources)
     stages: dict[str, Resources] = field(default_factory=dict)
 
@@ -171,7 +177,8 @@ def resolve_profile_name(cli_choice: str | None, environ: dict[str, str] | None 
     """``--cluster`` beats ``$HPCPIPE_CLUSTER`` beats auto-detection.
 
     Auto: ``inline`` inside a Slurm allocation (no job inside the job), ``slurm``
-    where ``sbatch`` is on PATH, else ``local``.
+    where ``sbatch`` is on PATH and has a configuration to read (installed
+    client packages alone do not make a cluster), else ``local``.
     """
     env = os.environ if environ is None else environ
     if cli_choice:
@@ -182,4 +189,5 @@ def resolve_profile_name(cli_choice: str | None, environ: dict[str, str] | None 
         return "inline"
     from shutil import which
 
-    return "slurm" if which("sbatch", path=env.get("PATH")) else "local"
+    configured = env.get("SLURM_CONF") or any(Path(p).exists() for p in SLURM_CONF_LOCATIONS)
+    return "slurm" if which("sbatch", path=env.get("PATH")) and configured else "local"

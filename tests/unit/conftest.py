@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,22 @@ CIFAR10_CLASSES = (
 def cifar10_classes() -> tuple[str, ...]:
     """CIFAR-10's class names in label order (what sorted folder names must give)."""
     return CIFAR10_CLASSES
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Run the tiny CPU trainings on one thread.
+
+    For a 62k-parameter net on batches of 32, a second OpenMP thread adds little, and
+    on a busy machine (CI, another pytest beside this one) two threads spin-waiting for
+    two shared cores made these tests 3-4x slower. Restored afterwards.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _extract(dest: Path, per_split: dict[str, int]) -> Path:

@@ -121,8 +121,16 @@ def test_profile_choice_order(cli, env, expected):
     assert resolve_profile_name(cli, env) == expected
 
 
-def test_auto_picks_slurm_where_sbatch_is_on_path(tmp_path):
+def test_auto_picks_slurm_where_sbatch_is_on_path_and_configured(tmp_path):
     sbatch = tmp_path / "sbatch"
     sbatch.write_text("#!/bin/sh\n")
     sbatch.chmod(0o755)
-    assert resolve_profile_name(None, {"PATH": str(tmp_path)}) == "slurm"
+    assert resolve_profile_name(None, {"PATH": str(tmp_path), "SLURM_CONF": "/x/slurm.conf"}) == "slurm"
+
+
+def test_installed_slurm_clients_without_a_configuration_are_not_a_cluster(tmp_path, monkeypatch):
+    sbatch = tmp_path / "sbatch"
+    sbatch.write_text("#!/bin/sh\n")
+    sbatch.chmod(0o755)
+    monkeypatch.setattr("hpcpipe.config.SLURM_CONF_LOCATIONS", (str(tmp_path / "absent.conf"),))
+    assert resolve_profile_name(None, {"PATH": str(tmp_path)}) == "local"

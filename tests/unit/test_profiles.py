@@ -1,39 +1,89 @@
-"""Profile + stage -> submitit parameters (pure)."""
+"""Profile + stage -> submitit parameters (pure), and the sbatch text they make, against golden files."""
 
 from __future__ import annotations
 
-from hpcpipe.config import Profile, Resources
-from hpcpipe.launch.profiles import executor_parameters
+from pathlib import Path
+
+import pytest
+
+from hpcpipe.config import Profile, Resources, load_profile
+from hpcpipe.launch.profiles import executor_parameters, sbatch_text
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+
+SITE = Profile(
+    name="site",
+    executor="slurm",
+    defaults=Resources(partition="cpu", time_min=30),
+    stages={
+        "train": Resources(
+            partition="gpu",
+            constraint="gpu",
+            qos="regular",
+            account="m1234",
+            gpus=1,
+            cpus=8,
+            mem_gb=32,
+            time_min=90,
+            setup=("module load pytorch",),
+        ),
+    },
+)
 
 
-def test_slurm_keys_come_from_the_stage_resources_and_unset_ones_are_left_out():
-    profile = Profile(
-        name="site",
-        executor="slurm",
-        stages={
-            "train": Resources(
-                partition="gpu",
-                constraint="gpu",
-                gpus=1,
-                cpus=8,
-                mem_gb=32,
-                time_min=90,
-                setup=("module load pytorch",),
-            ),
-        },
-    )
-    params = executor_parameters(profile, "train")
-    assert params["slurm_partition"] == "gpu"
-    assert params["slurm_constraint"] == "gpu"
-    assert (params["gpus_per_node"], params["cpus_per_task"], params["mem_gb"]) == (1, 8, 32)
-    assert params["timeout_min"] == 90
-    assert params["slurm_setup"] == ["module load pytorch"]
-    assert "slurm_account" not in params and "slurm_qos" not in params
+def test_slurm_keys_come_from_the_stage_resources():
+    params = executor_parameters(SITE, "train")
+    assert params == {
+        "job_name": "hpcpipe-train",
+        "time": 90,
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "cpus_per_task": 8,
+        "gpus_per_node": 1,
+        "mem": "32GB",
+        "partition": "gpu",
+        "constraint": "gpu",
+        "qos": "regular",
+        "account": "m1234",
+        "setup": ["module load pytorch"],
+    }
 
 
-def test_a_stage_without_entry_gets_the_defaults():
-    profile = Profile(name="laptop", executor="local", defaults=Resources(cpus=2, time_min=10))
-    params = executor_parameters(profile, "prepare")
-    assert (params["cpus_per_task"], params["timeout_min"], params["gpus_per_node"]) == (2, 10, 0)
-    assert "mem_gb" not in params
-    assert not any(key.startswith("slurm_") for key in params)
+def test_unset_site_options_are_left_to_the_site():
+    params = executor_parameters(SITE, "prepare")
+    assert params["partition"] == "cpu" and params["time"] == 30
+    assert not {"gpus_per_node", "mem", "account", "qos", "constraint", "setup"} & set(params)
+
+
+def test_fractional_memory_is_given_in_megabytes():
+    profile = Profile(name="p", executor="slurm", defaults=Resources(mem_gb=1.5))
+    assert executor_parameters(profile, "prepare")["mem"] == "1536MB"
+
+
+def test_local_executor_gets_time_limit_and_gpu_visibility_only():
+    profile = Profile(name="laptop", executor="local", defaults=Resources(cpus=2, time_min=10, gpus=1))
+    assert executor_parameters(profile, "train") == {
+        "timeout_min": 10,
+        "gpus_per_node": 1,
+        "tasks_per_node": 1,
+    }
+
+
+def golden_cases() -> list[tuple[str, str]]:
+    names = sorted(p.stem for p in (REPO / "configs" / "cluster").glob("*.yaml"))
+    slurm = [n for n in names if load_profile(n, REPO).executor == "slurm"]
+    return [(name, stage) for name in slurm for stage in ("prepare", "train", "evaluate")]
+
+
+@pytest.mark.parametrize(("profile_name", "stage"), golden_cases())
+def test_sbatch_text_matches_the_golden_file(profile_name, stage, request):
+    """Set HPCPIPE_UPDATE_GOLDEN=1 to rewrite the files after an intended change (then review the diff)."""
+    import os
+
+    text = sbatch_text(load_profile(profile_name, REPO), stage, Path("/project/.hpcpipe/jobs") / stage)
+    golden = GOLDEN / f"{profile_name}-{stage}.sbatch"
+    if os.environ.get("HPCPIPE_UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text()

@@ -106,7 +106,7 @@ def _train(params, prepared: Path, out: Path) -> dict:
 def test_train_then_evaluate_write_their_files(
     make_params: MakeParams, prepared_sample: Path, tmp_path: Path, capsys, cifar10_classes: tuple
 ) -> None:
-    params = make_params(train={"epochs": 2, "batch_size": 64})
+    params = make_params(train={"epochs": 2, "batch_size": 32})
     metrics = _train(params, prepared_sample, tmp_path)
 
     assert set(metrics) == {"train_loss", "train_accuracy", "epochs", "images_per_s", "seconds"}

@@ -70,6 +70,7 @@ def make_executor(profile: Profile, stage: str, folder: Path) -> Any:
         return InlineExecutor()
     import submitit
 
-    executor = submitit.AutoExecutor(folder=folder, cluster=profile.executor)
+    kind = submitit.SlurmExecutor if profile.executor == "slurm" else submitit.LocalExecutor
+    executor = kind(folder=folder)
     executor.update_parameters(**executor_parameters(profile, stage))
     return executor

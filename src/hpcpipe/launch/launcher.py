@@ -22,7 +22,10 @@ from typing import Any, TextIO
 
 from hpcpipe.config import Params, Profile
 from hpcpipe.launch import job as job_side
+from hpcpipe.launch import slurm_state
 from hpcpipe.launch.executors import make_executor
+from hpcpipe.launch.ledger import Entry, Ledger, fingerprint
+from hpcpipe.launch.watch import Outcome, watch_for
 from hpcpipe.stages import StageSpec
 
 STDERR_TAIL_LINES = 20
@@ -102,6 +105,39 @@ def say(message: str) -> None:
     print(f"hpcpipe: {message}", file=sys.stderr, flush=True)
 
 
+def ledger_for(root: Path, profile: Profile) -> Ledger:
+    return Ledger(root / profile.job_dir / "ledger")
+
+
+def strip_inherited_slurm_env() -> None:
+    """A submission from inside a job (the --detach driver) must not pass the driver's
+    allocation (SLURM_MEM_PER_NODE, SLURM_CPUS_PER_TASK, ...) on to the new job."""
+    for key in [k for k in os.environ if k.startswith("SLURM_") and k != "SLURM_CONF"]:
+        del os.environ[key]
+
+
+def _reattach(ledger: Ledger, spec: StageSpec, fp: str, profile: Profile) -> Any:
+    """The stage's live Slurm job from an earlier launcher, if it is still worth waiting for."""
+    entry = ledger.get(spec.name)
+    if entry is None or entry.executor != "slurm" or profile.executor != "slurm":
+        return None
+    state = slurm_state.query(entry.job_id)
+    if state.final or state.state == "UNKNOWN":
+        return None
+    import submitit
+
+    job = submitit.SlurmJob(folder=entry.folder, job_id=entry.job_id)
+    if entry.fingerprint == fp:
+        say(
+            f"{spec.name}: reattached to job {entry.job_id} ({state.describe()}), "
+            f"submitted {entry.age_s:.0f} s ago"
+        )
+        return job
+    job.cancel(check=False)
+    say(f"{spec.name}: cancelled job {entry.job_id}: its inputs, params or code have changed since")
+    return None
+
+
 def launch(
     spec: StageSpec,
     params: Params,
@@ -110,32 +146,53 @@ def launch(
     root: Path,
 ) -> int:
     """Run ``spec`` under ``profile`` and return the launcher's exit status."""
-    folder = job_folder(root, profile, spec.name)
-    executor = make_executor(profile, spec.name, folder)
     started = time.monotonic()
+    folder = job_folder(root, profile, spec.name)
+    ledger = ledger_for(root, profile)
+    fp = fingerprint(spec, params, paths, root)
     with _SignalsAsExceptions():
-        job = None
+        watcher = None
         try:
-            job = executor.submit(job_side.run_stage, spec, params, dict(paths), str(root))
-            say(f"{spec.name}: job {job.job_id} submitted ({profile.name}: {profile.executor})")
-            _follow(job, profile.poll_s, started, spec.name)
+            job = _reattach(ledger, spec, fp, profile)
+            if job is None:
+                executor = make_executor(profile, spec.name, folder)
+                if profile.executor == "slurm":
+                    strip_inherited_slurm_env()
+                job = executor.submit(job_side.run_stage, spec, params, dict(paths), str(root))
+                say(f"{spec.name}: job {job.job_id} submitted ({profile.name}: {profile.executor})")
+                ledger.put(_entry(spec, job, profile, fp, folder))
+            watcher = watch_for(profile.executor, job)
+            _follow(job, watcher, profile.poll_s, started, spec.name)
         except Interrupted as stop:
-            if job is not None:
-                job.cancel()
+            if watcher is not None:
+                watcher.cancel()
                 say(f"{spec.name}: {stop} received; cancelled job {job.job_id}; outputs left as they were")
             return EXIT_INTERRUPTED if stop.signum == signal.SIGINT else 128 + stop.signum
-    return _outcome(job, spec, paths, root, time.monotonic() - started)
+    return _report(job, watcher.outcome(), spec, paths, root, time.monotonic() - started)
 
 
-def _follow(job: Any, poll_s: float, started: float, stage: str) -> None:
-    """Stream the job's logs and state changes until it is done."""
+def _entry(spec: StageSpec, job: Any, profile: Profile, fp: str, folder: Path) -> Entry:
+    paths = getattr(job, "paths", None)
+    return Entry(
+        stage=spec.name,
+        job_id=str(job.job_id),
+        executor=profile.executor,
+        fingerprint=fp,
+        folder=str(folder.resolve()),
+        stdout=str(paths.stdout) if paths else "",
+        stderr=str(paths.stderr) if paths else "",
+        submitted_at=time.time(),
+    )
+
+
+def _follow(job: Any, watcher: Any, poll_s: float, started: float, stage: str) -> None:
+    """Stream the job's logs and state changes until it is over."""
     followers = []
     if job.paths is not None:
         followers = [LogFollower(job.paths.stdout, sys.stdout), LogFollower(job.paths.stderr, sys.stderr)]
     last_state = None
     while True:
-        finished = job.done()
-        state = job.state
+        state, finished = watcher.poll()
         if state != last_state:
             say(f"{stage}: job {job.job_id} {state} ({time.monotonic() - started:.1f} s)")
             last_state = state
@@ -146,10 +203,10 @@ def _follow(job: Any, poll_s: float, started: float, stage: str) -> None:
         time.sleep(poll_s)
 
 
-def _outcome(job: Any, spec: StageSpec, paths: Mapping[str, str], root: Path, elapsed: float) -> int:
-    try:
-        job.result()
-    except Exception as err:  # submitit raises its own types, the inline job the stage's
+def _report(
+    job: Any, outcome: Outcome, spec: StageSpec, paths: Mapping[str, str], root: Path, elapsed: float
+) -> int:
+    if not outcome.ok:
         stderr_path = job.paths.stderr if job.paths is not None else None
         lines = tail(stderr_path)
         if lines:
@@ -157,9 +214,10 @@ def _outcome(job: Any, spec: StageSpec, paths: Mapping[str, str], root: Path, el
             for line in lines:
                 print(f"  | {line}", file=sys.stderr)
         # the job's own last words (the exception line of its traceback) beat submitit's wrapper text
-        reason = lines[-1].strip() if lines else (str(err).strip() or type(err).__name__).splitlines()[-1]
+        reason = lines[-1].strip() if lines and outcome.state in ("FAILED", "COMPLETED") else outcome.reason
         say(
-            f"{spec.name}: job {job.job_id} FAILED after {elapsed:.1f} s: {reason}; outputs left as they were"
+            f"{spec.name}: job {job.job_id} {outcome.state} after {elapsed:.1f} s: {reason}; "
+            "outputs left as they were"
         )
         return EXIT_FAILED
     missing = [paths[role] for role in spec.outputs if not (root / paths[role]).exists()]

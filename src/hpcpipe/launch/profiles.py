@@ -1,41 +1,72 @@
-"""Cluster profile + stage -> submitit parameters. Pure: no I/O, no subprocess.
+"""Cluster profile + stage -> submitit executor parameters. Pure: no I/O, no subprocess.
 
-Kept apart from the code that submits so the translation can be tested as data
-(and, for Slurm, as the sbatch text it produces).
+Kept apart from the code that submits so the translation can be tested as data,
+and, for Slurm, as the sbatch text it produces (``sbatch_text``), against golden
+files. The parameters are submitit's own names for each executor (the keywords
+of ``SlurmExecutor``/``LocalExecutor.update_parameters``), so what is tested is
+exactly what is submitted.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from hpcpipe.config import Profile
+from hpcpipe.config import Profile, Resources
+
+
+def job_name(stage: str) -> str:
+    return f"hpcpipe-{stage}"
+
+
+def slurm_parameters(res: Resources, stage: str) -> dict[str, Any]:
+    """``SlurmExecutor`` keywords. Unset site options are left out so the site's defaults apply."""
+    params: dict[str, Any] = {
+        "job_name": job_name(stage),
+        "time": res.time_min,
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "cpus_per_task": res.cpus,
+    }
+    if res.gpus:
+        params["gpus_per_node"] = res.gpus
+    if res.mem_gb is not None:
+        mem = res.mem_gb
+        params["mem"] = f"{int(mem)}GB" if mem == int(mem) else f"{round(mem * 1024)}MB"
+    for key in ("partition", "constraint", "qos", "account"):
+        value = getattr(res, key)
+        if value:
+            params[key] = value
+    if res.setup:
+        params["setup"] = list(res.setup)
+    return params
+
+
+def local_parameters(res: Resources) -> dict[str, Any]:
+    """``LocalExecutor`` keywords: a subprocess gets the time limit, GPU visibility and setup lines."""
+    params: dict[str, Any] = {"timeout_min": res.time_min, "gpus_per_node": res.gpus, "tasks_per_node": 1}
+    if res.setup:
+        params["setup"] = list(res.setup)
+    return params
 
 
 def executor_parameters(profile: Profile, stage: str) -> dict[str, Any]:
-    """The ``AutoExecutor.update_parameters`` keywords for ``stage`` under ``profile``.
-
-    Generic keys (timeout, CPUs, GPUs, memory) are understood by every submitit
-    executor; ``slurm_*`` keys are ignored by the local one. Unset resources are
-    left out so the site's defaults apply.
-    """
+    """The keywords for ``stage`` under ``profile``'s executor (empty for ``inline``)."""
     res = profile.resources(stage)
-    params: dict[str, Any] = {
-        "name": f"hpcpipe-{stage}",
-        "timeout_min": res.time_min,
-        "cpus_per_task": res.cpus,
-        "gpus_per_node": res.gpus,
-        "tasks_per_node": 1,
-        "nodes": 1,
-    }
-    if res.mem_gb is not None:
-        params["mem_gb"] = res.mem_gb
-    slurm_keys = {
-        "slurm_partition": res.partition,
-        "slurm_constraint": res.constraint,
-        "slurm_qos": res.qos,
-        "slurm_account": res.account,
-    }
-    params.update({k: v for k, v in slurm_keys.items() if v})
-    if res.setup:
-        params[f"{profile.executor}_setup"] = list(res.setup)
-    return params
+    if profile.executor == "slurm":
+        return slurm_parameters(res, stage)
+    if profile.executor == "local":
+        return local_parameters(res)
+    return {}
+
+
+def sbatch_text(profile: Profile, stage: str, folder: Path, command: str = "COMMAND") -> str:
+    """The sbatch script submitit would write for ``stage`` (for golden tests and ``hpcpipe cluster``).
+
+    Uses submitit's own script builder, which needs no Slurm installed.
+    """
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    return _make_sbatch_string(
+        command=command, folder=folder, **slurm_parameters(profile.resources(stage), stage)
+    )

@@ -9,7 +9,7 @@ Two sources (``data.source`` in params.yaml):
 
 - ``imagefolder``: ``path/train/<class>/*.jpg|png`` and ``path/test/<class>/*``;
   classes are the sorted folder names (for CIFAR-10 that is its label order).
-  Decoding the 60,000 CIFAR-10 JPEGs takes about 6 s on one core.
+  Decoding the 60,000 CIFAR-10 JPEGs takes about 10 s on one core.
 - ``cifar10``: torchvision's download of the official archive into ``path``
   (md5 checked by torchvision); an archive already there is used offline.
 

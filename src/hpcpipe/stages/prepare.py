@@ -3,7 +3,7 @@
     hpcpipe run prepare        # reads params.yaml: data.*, prepare.*
 
 Writes ``prepared/{train.pt,test.pt,manifest.json}`` (see ``hpcpipe.ml.data``).
-About 2 s for the 12k-image sample and 7 s for all 60k CIFAR-10 JPEGs on one core.
+About 4 s for the 12k-image sample and 15 s for all 60k CIFAR-10 JPEGs (mostly decoding).
 The output is byte-identical for identical input, so a rerun changes nothing downstream.
 """
 

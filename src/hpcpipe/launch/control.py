@@ -1,0 +1,74 @@
+"""``hpcpipe status``, ``logs`` and ``cancel``: the stages' last jobs, from the ledger and Slurm."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hpcpipe.launch.launcher import LogFollower
+from hpcpipe.launch.ledger import Entry, Ledger
+from hpcpipe.launch.watch import state_of
+
+COLUMNS = ("STAGE", "JOB", "STATE", "NODE", "ELAPSED", "LOG")
+
+
+def _elapsed(entry: Entry, slurm_elapsed: str) -> str:
+    if slurm_elapsed:
+        return slurm_elapsed
+    seconds = int(entry.age_s)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def status_rows(ledger: Ledger) -> list[tuple[str, ...]]:
+    rows = []
+    for entry in ledger.entries():
+        state = state_of(entry.executor, entry.job_id, Path(entry.folder))
+        rows.append(
+            (
+                entry.stage,
+                entry.job_id,
+                state.describe(),
+                state.node or "-",
+                _elapsed(entry, state.elapsed),
+                entry.stdout or "-",
+            )
+        )
+    return rows
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    table = [COLUMNS, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table
+    )
+
+
+def show_logs(entry: Entry, follow: bool, poll_s: float) -> None:
+    """Print the job's stdout and stderr; with ``follow``, keep printing until the job is over."""
+    followers = [LogFollower(Path(entry.stdout), sys.stdout), LogFollower(Path(entry.stderr), sys.stderr)]
+    while True:
+        state = state_of(entry.executor, entry.job_id, Path(entry.folder))
+        # a job Slurm has forgotten (or never recorded) will not write more
+        finished = not follow or state.final or (state.state == "UNKNOWN" and entry.age_s > 60)
+        for follower in followers:
+            follower.pump(final=finished)
+        if finished:
+            return
+        time.sleep(poll_s)
+
+
+def cancel(entry: Entry) -> bool:
+    """Cancel the entry's job if it is still queued or running; True if it was."""
+    state = state_of(entry.executor, entry.job_id, Path(entry.folder))
+    if state.final or state.state == "UNKNOWN":
+        return False
+    if entry.executor == "slurm":
+        subprocess.run(["scancel", entry.job_id], check=True, timeout=30)
+    else:  # the local controller turns SIGINT into stopping its task
+        os.kill(int(entry.job_id), signal.SIGINT)
+    return True

@@ -1,0 +1,110 @@
+"""How the launcher asks a submitted job where it stands and how it ended, per executor.
+
+- Slurm: ``squeue``/``sacct`` through ``slurm_state`` every poll (submitit's
+  watcher backs off to a minute), and the job's result pickle read directly
+  once Slurm says the job is over, so a dead job is reported within a poll or two.
+- local: the subprocess, through submitit's LocalJob.
+- inline: already finished when submitted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcpipe.launch import slurm_state
+
+RESULT_GRACE_S = 10.0  # a shared filesystem may show the result pickle a little after sacct says COMPLETED
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    state: str
+    reason: str = ""  # why it failed, one line
+
+
+class SlurmWatch:
+    def __init__(self, job: Any) -> None:
+        self.job = job
+        self.last = slurm_state.JobState("UNKNOWN")
+
+    def poll(self) -> tuple[str, bool]:
+        self.last = slurm_state.query(str(self.job.job_id))
+        return self.last.describe(), self.last.final
+
+    def outcome(self) -> Outcome:
+        pickle_path = Path(self.job.paths.result_pickle)
+        if self.last.state == "COMPLETED":
+            deadline = time.monotonic() + RESULT_GRACE_S
+            while not pickle_path.exists() and time.monotonic() < deadline:
+                time.sleep(0.5)
+        if pickle_path.exists():
+            from submitit.core.utils import pickle_load
+
+            status, value = pickle_load(pickle_path)
+            if status == "success":
+                return Outcome(True, self.last.state)
+            return Outcome(False, self.last.state, _last_line(str(value)))
+        return Outcome(False, self.last.state, f"Slurm state {self.last.describe()}; the job left no result")
+
+    def cancel(self) -> None:
+        self.job.cancel(check=False)
+
+
+class LocalWatch:
+    def __init__(self, job: Any) -> None:
+        self.job = job
+
+    def poll(self) -> tuple[str, bool]:
+        finished = self.job.done()
+        return self.job.state, finished
+
+    def outcome(self) -> Outcome:
+        try:
+            self.job.result()
+        except Exception as err:  # submitit's own error types, or the stage's for inline
+            return Outcome(False, "FAILED", _last_line(str(err)) or type(err).__name__)
+        return Outcome(True, "COMPLETED")
+
+    def cancel(self) -> None:
+        self.job.cancel()
+
+
+def watch_for(executor_kind: str, job: Any) -> SlurmWatch | LocalWatch:
+    return SlurmWatch(job) if executor_kind == "slurm" else LocalWatch(job)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def state_of(executor_kind: str, job_id: str, folder: Path) -> slurm_state.JobState:
+    """A recorded job's state for ``hpcpipe status``: Slurm's word, or for a local job its
+    process and result pickle (the job id of a local job is its controller's pid)."""
+    if executor_kind == "slurm":
+        return slurm_state.query(job_id)
+    if executor_kind == "local" and job_id.isdigit() and _pid_alive(int(job_id)):
+        return slurm_state.JobState("RUNNING", node="localhost")
+    result = folder / f"{job_id}_0_result.pkl"
+    if result.exists():
+        from submitit.core.utils import pickle_load
+
+        status, _ = pickle_load(result)
+        return slurm_state.JobState("COMPLETED" if status == "success" else "FAILED", node="localhost")
+    return slurm_state.JobState("CANCELLED" if executor_kind == "local" else "UNKNOWN")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # on Linux, a zombie (ended, not yet reaped) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
