@@ -142,3 +142,29 @@ def test_the_launcher_process_never_imports_torch(fake_stage_project):
     out, err = driver.communicate(timeout=120)
     assert driver.returncode == 0, err
     assert "torch imported by launcher: False" in out
+
+
+def test_status_and_logs_show_the_last_job(fake_stage_project, capsys):
+    from hpcpipe.cli import main
+
+    assert run_fake(fake_stage_project, "write_outputs") == 0
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["STAGE", "JOB", "STATE", "NODE", "ELAPSED", "LOG"]
+    assert table[1].split()[0] == "fake" and table[1].split()[2] == "COMPLETED"
+
+
+def test_cancel_all_stops_a_running_local_job(fake_stage_project, capsys):
+    from hpcpipe.cli import main
+
+    driver = start_driver(fake_stage_project, "sleep_then_write")
+    pid_file = fake_stage_project / "job.pid"
+    wait_for(pid_file.exists)
+    job_pid = int(pid_file.read_text())
+    assert main(["cancel", "--all"]) == 0
+    assert "cancelled fake: job" in capsys.readouterr().out
+    wait_for(lambda: not alive(job_pid), timeout=15)
+    driver.communicate(timeout=60)
+    assert driver.returncode == 1  # the launcher saw its job end without a result
+    assert not (fake_stage_project / "out" / "result.txt").exists()
