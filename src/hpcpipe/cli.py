@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -44,11 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     cluster = sub.add_parser("cluster", help="print the resolved cluster profile")
     cluster.add_argument("name", nargs="?", help="profile name (default: $HPCPIPE_CLUSTER, else detected)")
 
+    repro = sub.add_parser("repro", help="dvc repro with this cluster profile; --detach: as a driver job")
+    repro.add_argument("--detach", action="store_true", help="submit dvc repro as a small CPU job and return")
+    repro.add_argument("--cluster")
+
     status = sub.add_parser("status", help="the last job of each stage: state, node, elapsed, log")
     status.add_argument("--cluster")
 
     logs = sub.add_parser("logs", help="print (or follow) the log of a stage's last job")
-    logs.add_argument("stage", choices=sorted(STAGES))
+    logs.add_argument("stage", choices=[*sorted(STAGES), "repro"])
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job is over")
     logs.add_argument("--cluster")
 
@@ -119,6 +124,47 @@ def _ledger(cluster: str | None):
     return ledger_for(root, load_profile(resolve_profile_name(cluster), root))
 
 
+def cmd_repro(args: argparse.Namespace, dvc_args: list[str]) -> int:
+    """Without --detach: ``dvc repro`` here. With it: a driver job runs it (Slurm profiles only)."""
+    from hpcpipe.launch.driver import DRIVER, repro_in_foreground, run_repro
+
+    root = Path.cwd()
+    name = resolve_profile_name(args.cluster)
+    profile = load_profile(name, root)
+    if not args.detach:
+        return repro_in_foreground(name, dvc_args, root)
+    if profile.executor != "slurm":
+        raise UsageError(
+            f"hpcpipe repro --detach: profile {name!r} runs {profile.executor} jobs; it needs Slurm"
+        )
+    from hpcpipe.launch.checks import account_problem
+    from hpcpipe.launch.executors import make_executor
+    from hpcpipe.launch.launcher import job_folder, ledger_for, strip_inherited_slurm_env
+    from hpcpipe.launch.ledger import Entry
+
+    problem = account_problem(profile, os.environ)
+    if problem:
+        raise ConfigError(problem)
+    folder = job_folder(root, profile, DRIVER)
+    executor = make_executor(profile, DRIVER, folder)
+    strip_inherited_slurm_env()
+    job = executor.submit(run_repro, str(root), name, dvc_args)
+    ledger_for(root, profile).put(
+        Entry(
+            DRIVER,
+            str(job.job_id),
+            "slurm",
+            "",
+            str(folder.resolve()),
+            str(job.paths.stdout),
+            str(job.paths.stderr),
+            time.time(),
+        )
+    )
+    print(f"submitted dvc repro as job {job.job_id}; follow it with: hpcpipe logs repro -f")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from hpcpipe.launch.control import format_table, status_rows
 
@@ -175,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args, extra)
+        if args.command == "repro":
+            return cmd_repro(args, extra)
         if extra:
             raise UsageError(f"hpcpipe {args.command}: unexpected {' '.join(extra)}")
         handlers = {

@@ -1,0 +1,96 @@
+"""The real one-node Slurm test cluster for tests: a session fixture and sacct helpers.
+
+`slurm_cluster` starts slurm/testcluster/start once per session unless it is
+already running, exports SLURM_CONF, and stops the cluster at the end only if it
+started it. Without Slurm installed (slurm/testcluster/install, as root) the
+tests that use it skip, except under CI, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "slurm" / "testcluster"
+EXPORT = re.compile(r"^export SLURM_CONF=(/\S+/slurm\.conf)$")
+DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
+DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED")
+
+
+@dataclass(frozen=True)
+class SlurmCluster:
+    conf: Path
+    started: bool  # False: it was already running, and is left running
+    start_s: float
+
+
+def run(*cmd: str | Path, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def start_cluster() -> tuple[subprocess.CompletedProcess, float]:
+    began = time.monotonic()
+    proc = run("bash", SCRIPTS / "start", check=False, timeout=300)
+    return proc, time.monotonic() - began
+
+
+def exported_conf(proc: subprocess.CompletedProcess) -> Path:
+    lines = proc.stdout.splitlines()
+    match = EXPORT.match(lines[-1]) if lines else None
+    assert match, f"start's last stdout line is not `export SLURM_CONF=...`:\n{proc.stdout}"
+    return Path(match.group(1))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    missing = [daemon for daemon in DAEMONS if not shutil.which(daemon)]
+    if missing or os.geteuid() != 0:
+        why = f"missing {', '.join(missing)}" if missing else "not root"
+        message = f"Slurm test cluster unavailable ({why}): run slurm/testcluster/install as root"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    proc, seconds = start_cluster()
+    if proc.returncode != 0:
+        run("bash", SCRIPTS / "stop", check=False)  # what it started before it failed
+        pytest.fail(f"slurm/testcluster/start failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+    conf = exported_conf(proc)
+    cluster = SlurmCluster(conf, started=proc.stdout.startswith("# testcluster: started"), start_s=seconds)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", str(conf))
+        try:
+            yield cluster
+        finally:
+            if cluster.started:
+                run("bash", SCRIPTS / "stop", conf.parent)
+
+
+def sacct_row(job_id: str, timeout_s: float = 20) -> tuple[str, str]:
+    """(State, Partition) of the job's allocation once it has ended and reached the database.
+
+    Slurm 22.05 first shows a short job's row with its final state but an empty
+    Partition; the full row follows up to ~3 s later (seen here with `--wrap true`).
+    """
+    deadline = time.monotonic() + timeout_s
+    row: list[str] = []
+    while time.monotonic() < deadline:
+        out = run("sacct", "-j", job_id, "-n", "-P", "-o", "JobID,State,Partition").stdout
+        rows = [line.split("|") for line in out.splitlines()]
+        # the last: after a crash slurmctld may reuse an id it had not saved
+        row = next((r for r in reversed(rows) if r[0] == job_id), [])
+        if row and row[1].split()[0] in DONE and row[2]:
+            return row[1], row[2]
+        time.sleep(0.5)
+    raise AssertionError(f"sacct has no finished record of job {job_id} after {timeout_s}s (last: {row})")
