@@ -51,3 +51,12 @@ def torch_loaded(params, *, source: Path, result: Path, report: Path) -> dict:
     result.write_text(str("torch" in sys.modules))
     report.mkdir()
     return {}
+
+
+def sleep_briefly(params, *, source: Path, result: Path, report: Path) -> dict:
+    """Long enough to kill the launcher while the job runs, short enough for a test."""
+    print("working for 20 s", flush=True)
+    time.sleep(20)
+    result.write_text("done")
+    report.mkdir()
+    return {}

@@ -40,6 +40,7 @@ def test_slurm_keys_come_from_the_stage_resources():
         "nodes": 1,
         "ntasks_per_node": 1,
         "cpus_per_task": 8,
+        "signal_delay_s": 90,
         "gpus_per_node": 1,
         "mem": "32GB",
         "partition": "gpu",
@@ -54,6 +55,12 @@ def test_unset_site_options_are_left_to_the_site():
     params = executor_parameters(SITE, "prepare")
     assert params["partition"] == "cpu" and params["time"] == 30
     assert not {"gpus_per_node", "mem", "account", "qos", "constraint", "setup"} & set(params)
+
+
+def test_the_time_limit_warning_leaves_short_jobs_their_time():
+    from hpcpipe.launch.profiles import signal_delay_s
+
+    assert [signal_delay_s(m) for m in (1, 5, 10, 30, 240)] == [10, 30, 60, 90, 90]
 
 
 def test_fractional_memory_is_given_in_megabytes():

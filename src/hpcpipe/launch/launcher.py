@@ -214,7 +214,7 @@ def _report(
             for line in lines:
                 print(f"  | {line}", file=sys.stderr)
         # the job's own last words (the exception line of its traceback) beat submitit's wrapper text
-        reason = lines[-1].strip() if lines and outcome.state in ("FAILED", "COMPLETED") else outcome.reason
+        reason = outcome.reason or (lines[-1].strip() if lines else "no error output")
         say(
             f"{spec.name}: job {job.job_id} {outcome.state} after {elapsed:.1f} s: {reason}; "
             "outputs left as they were"

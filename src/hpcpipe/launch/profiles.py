@@ -19,6 +19,16 @@ def job_name(stage: str) -> str:
     return f"hpcpipe-{stage}"
 
 
+def signal_delay_s(time_min: int) -> int:
+    """How long before the time limit Slurm warns the job (USR2), so it can checkpoint and requeue.
+
+    submitit's default, 90 s, would warn a short job as soon as it starts; a tenth
+    of the limit, between 10 and 90 s, leaves short jobs their time and long ones
+    enough to write a checkpoint.
+    """
+    return max(10, min(90, time_min * 60 // 10))
+
+
 def slurm_parameters(res: Resources, stage: str) -> dict[str, Any]:
     """``SlurmExecutor`` keywords. Unset site options are left out so the site's defaults apply."""
     params: dict[str, Any] = {
@@ -27,6 +37,7 @@ def slurm_parameters(res: Resources, stage: str) -> dict[str, Any]:
         "nodes": 1,
         "ntasks_per_node": 1,
         "cpus_per_task": res.cpus,
+        "signal_delay_s": signal_delay_s(res.time_min),
     }
     if res.gpus:
         params["gpus_per_node"] = res.gpus

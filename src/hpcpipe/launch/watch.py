@@ -27,6 +27,21 @@ class Outcome:
     reason: str = ""  # why it failed, one line
 
 
+def outcome_from_result(pickle_path: Path, state: str) -> Outcome | None:
+    """The job's own account of how it ended (submitit's result pickle), if it wrote one."""
+    if not pickle_path.exists():
+        return None
+    from submitit.core.utils import pickle_load
+
+    status, value = pickle_load(pickle_path)
+    if status == "success":
+        return Outcome(True, state)
+    reason = _last_line(str(value))  # the exception line of the job's traceback
+    # submitit ends a non-checkpointable job at the time-limit warning signal with this
+    # error, so Slurm records FAILED; the user needs to hear it ran out of time.
+    return Outcome(False, "TIMEOUT" if "timed-out" in reason else "FAILED", reason)
+
+
 class SlurmWatch:
     def __init__(self, job: Any) -> None:
         self.job = job
@@ -42,13 +57,9 @@ class SlurmWatch:
             deadline = time.monotonic() + RESULT_GRACE_S
             while not pickle_path.exists() and time.monotonic() < deadline:
                 time.sleep(0.5)
-        if pickle_path.exists():
-            from submitit.core.utils import pickle_load
-
-            status, value = pickle_load(pickle_path)
-            if status == "success":
-                return Outcome(True, self.last.state)
-            return Outcome(False, self.last.state, _last_line(str(value)))
+        recorded = outcome_from_result(pickle_path, self.last.state)
+        if recorded is not None:
+            return recorded
         return Outcome(False, self.last.state, f"Slurm state {self.last.describe()}; the job left no result")
 
     def cancel(self) -> None:
@@ -67,7 +78,9 @@ class LocalWatch:
         try:
             self.job.result()
         except Exception as err:  # submitit's own error types, or the stage's for inline
-            return Outcome(False, "FAILED", _last_line(str(err)) or type(err).__name__)
+            paths = getattr(self.job, "paths", None)
+            recorded = outcome_from_result(Path(paths.result_pickle), "FAILED") if paths else None
+            return recorded or Outcome(False, "FAILED", _last_line(str(err)) or type(err).__name__)
         return Outcome(True, "COMPLETED")
 
     def cancel(self) -> None:

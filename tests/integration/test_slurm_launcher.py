@@ -1,0 +1,209 @@
+"""The launcher against the real one-node Slurm test cluster (slurm/testcluster).
+
+Every job here is a real Slurm job: sbatch, slurmctld, slurmd and sacct as on a
+cluster, with a node that imitates a GPU node. Stage functions are either the
+real CIFAR-10 stages (the pipeline test) or tests/support/fake_stages.py where
+the test is about launching (failure, time limit, signals, reattach).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpcpipe.launch.ledger import Ledger
+from tests.integration.test_launcher_local import wait_for
+from tests.support.slurm import REPO, sacct_row
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+DRIVER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from hpcpipe.config import load_params, load_profile
+    from hpcpipe.launch.launcher import launch
+    from hpcpipe.stages import StageSpec
+
+    root = Path.cwd()
+    spec = StageSpec("fake", "fake_stages:" + sys.argv[1], ("train",), ("source",), ("result", "report"))
+    paths = {"source": "source.txt", "result": "out/result.txt", "report": "out/report"}
+    profile = load_profile(sys.argv[2], root)
+    sys.exit(launch(spec, load_params(root / "params.yaml"), paths, profile, root))
+    """
+)
+
+
+@pytest.fixture
+def slurm_project(fake_stage_project: Path, slurm_cluster, monkeypatch) -> Path:
+    monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
+    (fake_stage_project / "driver.py").write_text(DRIVER)
+    short = yaml.safe_load((REPO / "configs" / "cluster" / "testcluster.yaml").read_text())
+    short["defaults"]["time_min"] = 1
+    (fake_stage_project / "configs" / "cluster" / "testcluster-1min.yaml").write_text(yaml.safe_dump(short))
+    return fake_stage_project
+
+
+def start(project: Path, function: str, profile: str = "testcluster") -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "driver.py", function, profile],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def ledger_job(project: Path, stage: str = "fake") -> str | None:
+    entry = Ledger(project / ".hpcpipe" / "jobs" / "ledger").get(stage)
+    return entry.job_id if entry else None
+
+
+def jobs_named(name: str, since: str) -> list[str]:
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "--name", name, "-S", since, "-o", "JobID"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sorted(set(out.split()))
+
+
+def squeue_state(job_id: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+    return out.strip()
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
+
+
+def test_dvc_repro_runs_each_stage_as_a_job_on_its_partition(project: Path, slurm_cluster, monkeypatch):
+    monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
+    subprocess.run(["dvc", "add", "-q", "data/raw"], cwd=project, check=True)
+    repro = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, timeout=900)
+    assert repro.returncode == 0, repro.stdout + repro.stderr
+    assert "RUNNING on" in repro.stderr and "epoch 1/1" in repro.stdout
+    ledger = Ledger(project / ".hpcpipe" / "jobs" / "ledger")
+    expected = {"prepare": "cpu", "train": "gpu", "evaluate": "gpu"}
+    for stage, partition in expected.items():
+        job_id = ledger.get(stage).job_id
+        assert sacct_row(job_id) == ("COMPLETED", partition)
+        tres = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "AllocTRES"], capture_output=True, text=True
+        ).stdout
+        assert ("gres/gpu=1" in tres) == (partition == "gpu"), tres
+    assert json.loads((project / "metrics" / "evaluate.json").read_text())["test_images"] == 100
+    again = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, timeout=300)
+    assert "Running stage" not in again.stdout
+
+
+def test_a_failed_job_reports_id_state_and_stderr_tail(slurm_project: Path):
+    driver = start(slurm_project, "fail_halfway")
+    _, err = driver.communicate(timeout=300)
+    job_id = ledger_job(slurm_project)
+    assert driver.returncode == 1
+    assert f"job {job_id} FAILED" in err
+    assert "  | RuntimeError: the stage broke on purpose" in err
+    assert not (slurm_project / "out").exists() or not (slurm_project / "out" / "result.txt").exists()
+
+
+def test_a_job_past_its_time_limit_fails_with_timeout(slurm_project: Path):
+    driver = start(slurm_project, "sleep_then_write", profile="testcluster-1min")
+    _, err = driver.communicate(timeout=400)
+    assert driver.returncode == 1, err
+    job_id = ledger_job(slurm_project)
+    assert f"job {job_id} TIMEOUT" in err
+    assert not (slurm_project / "out" / "result.txt").exists()
+
+
+def test_ctrl_c_cancels_the_slurm_job(slurm_project: Path):
+    driver = start(slurm_project, "sleep_then_write")
+    wait_for(lambda: (slurm_project / "job.pid").exists(), timeout=120)
+    job_id = ledger_job(slurm_project)
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130, err
+    assert f"cancelled job {job_id}" in err
+    assert sacct_row(job_id)[0].startswith("CANCELLED")
+
+
+def test_a_killed_launcher_is_replaced_without_a_second_job(slurm_project: Path):
+    since = now()
+    first = start(slurm_project, "sleep_briefly")
+    wait_for(lambda: ledger_job(slurm_project) is not None, timeout=60)
+    job_id = ledger_job(slurm_project)
+    wait_for(lambda: squeue_state(job_id) == "RUNNING", timeout=60)
+    first.kill()  # SIGKILL: no chance to cancel, as with a dropped SSH session
+    first.communicate()
+    assert squeue_state(job_id) == "RUNNING"
+    second = start(slurm_project, "sleep_briefly")
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    assert f"reattached to job {job_id}" in err
+    assert jobs_named("hpcpipe-fake", since) == [job_id]
+    assert (slurm_project / "out" / "result.txt").read_text() == "done"
+
+
+def test_a_changed_stage_cancels_the_stale_job_and_submits_anew(slurm_project: Path):
+    first = start(slurm_project, "sleep_briefly")
+    wait_for(lambda: ledger_job(slurm_project) is not None, timeout=60)
+    stale = ledger_job(slurm_project)
+    first.kill()
+    first.communicate()
+    (slurm_project / "source.txt").write_text("a different input\n")
+    second = start(slurm_project, "write_outputs")
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    assert f"cancelled job {stale}" in err
+    assert sacct_row(stale)[0].startswith("CANCELLED")
+    assert ledger_job(slurm_project) != stale
+
+
+def test_repro_sbatch_runs_every_stage_inline_in_one_allocation(project: Path, slurm_cluster):
+    (project / "slurm").mkdir()
+    (project / "slurm" / "repro.sbatch").write_text((REPO / "slurm" / "repro.sbatch").read_text())
+    subprocess.run(["dvc", "add", "-q", "data/raw"], cwd=project, check=True)
+    since = now()
+    job_id = subprocess.run(
+        ["sbatch", "--parsable", "--wait", "slurm/repro.sbatch"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    ).stdout.strip()
+    log = (project / f"hpcpipe-repro-{job_id}.out").read_text()
+    assert sacct_row(job_id)[0] == "COMPLETED", log
+    assert all(f"Running stage '{s}'" in log for s in ("prepare", "train", "evaluate")), log
+    assert "(inline: inline)" in log
+    for stage in ("prepare", "train", "evaluate"):
+        assert jobs_named(f"hpcpipe-{stage}", since) == []  # no job inside the job
+
+
+def test_repro_detach_submits_a_driver_that_submits_the_stages(project: Path, slurm_cluster, monkeypatch):
+    subprocess.run(["dvc", "add", "-q", "data/raw"], cwd=project, check=True)
+    since = now()
+    detach = subprocess.run(
+        ["hpcpipe", "repro", "--detach", "--cluster", "testcluster"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert detach.returncode == 0, detach.stderr
+    driver_id = ledger_job(project, "repro")
+    assert f"job {driver_id}" in detach.stdout
+    wait_for(lambda: squeue_state(driver_id) == "", timeout=900)
+    assert sacct_row(driver_id)[0] == "COMPLETED"
+    for stage, partition in (("prepare", "cpu"), ("train", "gpu"), ("evaluate", "gpu")):
+        jobs = jobs_named(f"hpcpipe-{stage}", since)
+        assert len(jobs) == 1 and sacct_row(jobs[0]) == ("COMPLETED", partition)
+    assert (project / "metrics" / "evaluate.json").exists()
