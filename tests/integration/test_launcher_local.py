@@ -168,3 +168,14 @@ def test_cancel_all_stops_a_running_local_job(fake_stage_project, capsys):
     driver.communicate(timeout=60)
     assert driver.returncode == 1  # the launcher saw its job end without a result
     assert not (fake_stage_project / "out" / "result.txt").exists()
+
+
+def files_containing(folder: Path, secret: str) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_no_secret_from_the_environment_reaches_the_job_folder(fake_stage_project, monkeypatch):
+    secret = "wandb-key-3f9a7c1e5b"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    assert run_fake(fake_stage_project, "write_outputs") == 0
+    assert files_containing(fake_stage_project / ".hpcpipe", secret) == []

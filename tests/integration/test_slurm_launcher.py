@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from hpcpipe.launch.ledger import Ledger
-from tests.integration.test_launcher_local import wait_for
+from tests.integration.test_launcher_local import files_containing, wait_for
 from tests.support.slurm import REPO, sacct_row
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -89,6 +89,8 @@ def now() -> str:
 
 def test_dvc_repro_runs_each_stage_as_a_job_on_its_partition(project: Path, slurm_cluster, monkeypatch):
     monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
+    secret = "wandb-key-8d2e4f6a0c"
+    monkeypatch.setenv("WANDB_API_KEY", secret)  # jobs inherit it; no file of ours may hold it
     subprocess.run(["dvc", "add", "-q", "data/raw"], cwd=project, check=True)
     repro = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, timeout=900)
     assert repro.returncode == 0, repro.stdout + repro.stderr
@@ -103,6 +105,11 @@ def test_dvc_repro_runs_each_stage_as_a_job_on_its_partition(project: Path, slur
         ).stdout
         assert ("gres/gpu=1" in tres) == (partition == "gpu"), tres
     assert json.loads((project / "metrics" / "evaluate.json").read_text())["test_images"] == 100
+    assert files_containing(project / ".hpcpipe", secret) == []
+    status = subprocess.run(["hpcpipe", "status"], cwd=project, capture_output=True, text=True).stdout
+    rows = {line.split()[0]: line.split() for line in status.splitlines()[1:]}
+    assert {stage: rows[stage][2] for stage in expected} == dict.fromkeys(expected, "COMPLETED")
+    assert rows["train"][1] == ledger.get("train").job_id
     again = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, timeout=300)
     assert "Running stage" not in again.stdout
 
