@@ -82,3 +82,24 @@ def test_leftovers_of_a_killed_run_are_removed(workdir, params, monkeypatch):
     leftover.write_text("half written by a killed job")
     run_stage(spec("write_outputs"), params, PATHS, str(workdir))
     assert not leftover.exists()
+
+
+def test_log_follower_keeps_lines_and_characters_whole_across_reads(tmp_path):
+    import io
+
+    from hpcpipe.launch.launcher import LogFollower
+
+    log = tmp_path / "job.out"
+    out = io.StringIO()
+    follower = LogFollower(log, out)
+    follower.pump()  # no file yet: nothing, no error
+    encoded = "epoch 1 ✓\nepo".encode()
+    log.write_bytes(encoded[:9])  # ends inside the three bytes of ✓
+    follower.pump()
+    assert out.getvalue() == ""
+    log.write_bytes(encoded)
+    follower.pump()
+    assert out.getvalue() == "epoch 1 ✓\n"
+    log.write_bytes(encoded + b"ch 2")
+    follower.pump(final=True)
+    assert out.getvalue() == "epoch 1 ✓\nepoch 2\n"

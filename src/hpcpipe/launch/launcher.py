@@ -11,6 +11,7 @@ output exists; 1 when the job failed (its last stderr lines are printed);
 
 from __future__ import annotations
 
+import codecs
 import os
 import signal
 import sys
@@ -49,6 +50,10 @@ class LogFollower:
     out: TextIO
     offset: int = 0
     _partial: str = field(default="", repr=False)
+    # a read can end inside a multi-byte character: decode incrementally
+    _decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"), repr=False
+    )
 
     def pump(self, final: bool = False) -> None:
         try:
@@ -58,7 +63,7 @@ class LogFollower:
         except FileNotFoundError:
             return
         self.offset += len(chunk)
-        text = self._partial + chunk.decode("utf-8", errors="replace")
+        text = self._partial + self._decoder.decode(chunk, final=final)
         lines = text.split("\n")
         self._partial = lines.pop()
         if final and self._partial:
