@@ -6,6 +6,7 @@
     hpcpipe cancel STAGE | --all        cancel queued or running stage jobs
     hpcpipe cluster [NAME]              print the resolved cluster profile and check it
     hpcpipe fetch                       download the raw data named in params.yaml
+    hpcpipe sync [--dry-run] [--jobs N] [--watch]   upload finished offline W&B runs, once
 
 Exit status 2 means bad input (params, profile, arguments): one line says what
 and where, and nothing was submitted.
@@ -64,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
 
     fetch = sub.add_parser("fetch", help="download the raw data that params.yaml names (data.source)")
     fetch.add_argument("--params", default="params.yaml")
+
+    sync = sub.add_parser("sync", help="upload the project's finished offline W&B runs, each once")
+    sync.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
+    sync.add_argument("--jobs", type=int, default=4, metavar="N", help="uploads at a time (default 4)")
+    sync.add_argument("--watch", action="store_true", help="keep syncing as jobs finish, until Ctrl-C")
+    sync.add_argument("--poll", type=float, default=10.0, metavar="S", help="seconds between --watch passes")
     return parser
 
 
@@ -216,6 +223,18 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Upload offline runs from ./wandb (where jobs write them; see hpcpipe.tracking)."""
+    from hpcpipe.tracking.run import runs_root
+    from hpcpipe.tracking.sync import sync
+
+    if args.jobs < 1:
+        raise UsageError(f"hpcpipe sync: --jobs must be >= 1, got {args.jobs}")
+    return sync(
+        runs_root(Path.cwd()), jobs=args.jobs, dry_run=args.dry_run, watch=args.watch, poll_s=args.poll
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
     try:
@@ -231,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             "logs": cmd_logs,
             "cancel": cmd_cancel,
             "fetch": cmd_fetch,
+            "sync": cmd_sync,
         }
         return handlers[args.command](args)
     except (ConfigError, UsageError) as err:

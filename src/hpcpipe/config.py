@@ -73,6 +73,19 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class WandbParams:
+    """W&B tracking. Listed under no stage's ``params:`` in dvc.yaml and left out of the
+    stage fingerprint: switching tracking on or off reruns nothing. Never holds the API
+    key (that stays in the environment or ~/.netrc, never in a file the project writes)."""
+
+    enabled: bool = False
+    project: str = rule(bool, "a non-empty project name", default="hpcpipe")
+    entity: str | None = None
+    group: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Params:
     """All of params.yaml. Stages read only their own sections (see ``stages.STAGES``)."""
 
@@ -80,6 +93,7 @@ class Params:
     prepare: PrepareParams
     train: TrainParams
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    wandb: WandbParams = field(default_factory=WandbParams)
 
 
 def read_yaml(path: Path) -> Any:
@@ -129,6 +143,9 @@ class Profile:
     # Sites that charge an allocation refuse jobs without one: checked before submitting.
     # The account comes from the resources or from sbatch's own $SBATCH_ACCOUNT.
     require_account: bool = False
+    # W&B in jobs is offline (no compute node waits on the network) unless the site's
+    # nodes can reach the W&B server; then runs stream live and `hpcpipe sync` is not needed.
+    wandb_online: bool = False
     defaults: Resources = field(default_factory=Resources)
     stages: dict[str, Resources] = field(default_factory=dict)
 

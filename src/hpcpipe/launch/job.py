@@ -9,6 +9,10 @@ sibling path; only when the stage function returned do they replace the real
 paths, each with one ``os.replace``. A stage that raises, is cancelled or is
 killed leaves the previous outputs untouched (and at worst a ``.tmp-`` sibling,
 which the next run of the stage removes).
+
+With a ``RunContext`` (what the launcher resolved: fingerprint, profile, resources)
+the stage runs inside its W&B run (``tracking.start_run``), so stage functions keep
+their launch-agnostic signature and log through ``hpcpipe.tracking``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from hpcpipe.config import Params
 from hpcpipe.stages import StageSpec
+from hpcpipe.tracking import RunContext, start_run
 
 TMP_MARK = ".tmp-"
 
@@ -67,11 +72,18 @@ def publish(staged: Path, final: Path) -> None:
         os.replace(staged, final)
 
 
-def run_stage(spec: StageSpec, params: Params, paths: Mapping[str, str], workdir: str) -> dict[str, Any]:
+def run_stage(
+    spec: StageSpec,
+    params: Params,
+    paths: Mapping[str, str],
+    workdir: str,
+    context: RunContext | None = None,
+) -> dict[str, Any]:
     """Run one stage function with staged outputs, then publish them.
 
     ``paths`` maps each role of ``spec`` to its path relative to ``workdir`` (the
-    project root, where DVC runs the stage command).
+    project root, where DVC runs the stage command). ``context``: see ``tracking``;
+    without one (or with W&B disabled in params) nothing is tracked.
     """
     os.chdir(workdir)
     func = import_target(spec.target)
@@ -88,7 +100,8 @@ def run_stage(spec: StageSpec, params: Params, paths: Mapping[str, str], workdir
         else:
             kwargs[role] = final
     try:
-        metrics = func(params, **kwargs)
+        with start_run(params, context, spec.sections, workdir):
+            metrics = func(params, **kwargs)
         for role, tmp in staged.items():
             publish(tmp, Path(paths[role]))
     finally:

@@ -12,6 +12,7 @@ output exists; 1 when the job failed (its last stderr lines are printed);
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import os
 import signal
 import sys
@@ -28,6 +29,7 @@ from hpcpipe.launch.executors import make_executor
 from hpcpipe.launch.ledger import Entry, Ledger, fingerprint
 from hpcpipe.launch.watch import Outcome, watch_for
 from hpcpipe.stages import StageSpec
+from hpcpipe.tracking import RunContext
 
 STDERR_TAIL_LINES = 20
 EXIT_FAILED = 1
@@ -163,7 +165,8 @@ def launch(
                 executor = make_executor(profile, spec.name, folder)
                 if profile.executor == "slurm":
                     strip_inherited_slurm_env()
-                job = executor.submit(job_side.run_stage, spec, params, dict(paths), str(root))
+                context = run_context(spec, profile, fp)
+                job = executor.submit(job_side.run_stage, spec, params, dict(paths), str(root), context)
                 say(f"{spec.name}: job {job.job_id} submitted ({profile.name}: {profile.executor})")
                 ledger.put(_entry(spec, job, profile, fp, folder))
             watcher = watch_for(profile.executor, job)
@@ -174,6 +177,17 @@ def launch(
                 say(f"{spec.name}: {stop} received; cancelled job {job.job_id}; outputs left as they were")
             return EXIT_INTERRUPTED if stop.signum == signal.SIGINT else 128 + stop.signum
     return _report(job, watcher.outcome(), spec, paths, root, time.monotonic() - started)
+
+
+def run_context(spec: StageSpec, profile: Profile, fp: str) -> RunContext:
+    """What the job's W&B run records about where and how it ran (no secrets: no environment)."""
+    return RunContext(
+        stage=spec.name,
+        fingerprint=fp,
+        profile=profile.name,
+        resources=dataclasses.asdict(profile.resources(spec.name)),
+        wandb_online=profile.wandb_online,
+    )
 
 
 def _entry(spec: StageSpec, job: Any, profile: Profile, fp: str, folder: Path) -> Entry:

@@ -5,7 +5,8 @@
 Writes test metrics (overall and per class) and a confusion CSV with one
 ``actual,predicted`` row per image, the layout DVC's confusion plot template reads.
 Normalisation comes from the model file, so the test images are treated exactly
-as the training images were.
+as the training images were. With W&B on, its run gets the metrics as summary, the
+confusion matrix as a chart and a table of sample predictions.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from hpcpipe import tracking
 from hpcpipe.config import Params
 from hpcpipe.ml.data import load_split, read_manifest, write_json
 from hpcpipe.ml.loader import BatchLoader
@@ -60,6 +62,9 @@ def evaluate(
     }
     write_json(metrics, result)
     _write_confusion(confusion, labels.tolist(), predictions.tolist(), classes)
+    tracking.log_confusion(labels.tolist(), predictions.tolist(), classes)
+    tracking.log_samples(test.images[: tracking.SAMPLE_COUNT], labels.tolist(), predictions.tolist(), classes)
+    tracking.log_summary(result)
     print(f"test accuracy: {result['test_accuracy']:.4f} ({len(labels)} images)", flush=True)
     return result
 

@@ -1,0 +1,258 @@
+"""One W&B run per stage execution, offline on compute nodes, requeue-safe.
+
+``job.run_stage`` wraps the stage function in ``start_run(...)``; the stage logs through
+``log_epoch`` / ``log_summary`` / ``log_confusion`` / ``log_samples``, which do nothing
+when no run is active (W&B disabled, not installed, or broken). W&B never breaks a
+stage: any failure prints ONE warning line on stderr and tracking stops for that stage.
+
+Layout, one folder per run id under the project's ``wandb/``::
+
+    wandb/<run_id>/live.json                    written at start, removed at finish
+    wandb/<run_id>/synced.json                  written by ``hpcpipe sync`` after success
+    wandb/<run_id>/segment-000/wandb/offline-run-*-<run_id>/   first job attempt
+    wandb/<run_id>/segment-001/wandb/offline-run-*-<run_id>/   the same job, requeued
+
+Why segments that each hold the WHOLE history: wandb cannot resume an offline run
+(wandb/wandb#2423, #4624); each attempt writes a new offline folder with the same id,
+and syncing several folders of one id keeps only one of them: users lose segments
+(#3841, #5865) or get duplicates when they sync the same folder twice (#2858). So a
+requeued attempt first replays the previous segment's history (read back from its
+``.wandb`` file) at the same steps, then logs on from the next step. The newest segment
+is then a complete, gap-free history, and ``hpcpipe sync`` uploads only it, once.
+
+The run id is deterministic (see ``context.run_id``): stage + fingerprint + Slurm job
+id, so a requeue (same Slurm job id) finds its run and a new submission starts a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcpipe.config import Params
+from hpcpipe.tracking.context import RunContext, job_id, job_key, node_name, run_id
+
+RUNS_DIR = "wandb"
+LIVE_MARKER = "live.json"
+SYNCED_MARKER = "synced.json"
+INIT_TIMEOUT_S = 60.0
+SAMPLE_COUNT = 32
+
+
+@dataclass
+class ActiveRun:
+    """The open wandb run and where the next history row goes."""
+
+    handle: Any
+    folder: Path
+    next_step: int
+
+
+# The one piece of module state: the run open in this process, if any (no config here).
+_active: ActiveRun | None = None
+
+
+def runs_root(workdir: str | Path) -> Path:
+    return Path(workdir) / RUNS_DIR
+
+
+def segments(run_folder: Path) -> list[Path]:
+    """The offline run folders of one run id, oldest attempt first."""
+    found = []
+    for segment in sorted(run_folder.glob("segment-*")):
+        # a folder without its .wandb file is an attempt killed before it wrote anything
+        found.extend(d for d in sorted((segment / "wandb").glob("offline-run-*")) if any(d.glob("*.wandb")))
+    return found
+
+
+def warn(message: str) -> None:
+    print(f"hpcpipe: W&B off for this stage: {message}", file=sys.stderr, flush=True)
+
+
+def git_commit(workdir: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def run_config(params: Params, context: RunContext, sections: Sequence[str], workdir: Path) -> dict:
+    """What the W&B run shows as config: the stage's params slice and where/how it ran."""
+    return {
+        "stage": context.stage,
+        "params": {s: dataclasses.asdict(getattr(params, s)) for s in sections},
+        "resources": dict(context.resources),
+        "profile": context.profile,
+        "fingerprint": context.fingerprint,
+        "git_commit": git_commit(workdir),
+        "job_id": job_id(),
+        "node": node_name(),
+    }
+
+
+def _replayable(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A history row's own scalars. Media (nested keys: ``table/path``...) point into the
+    old segment's files and are left out; the requeued job logs its media again."""
+    return {
+        k: v
+        for k, v in row.items()
+        if not k.startswith("_") and "/" not in k and isinstance(v, (int, float, str))
+    }
+
+
+def _open(params: Params, context: RunContext, sections: Sequence[str], workdir: Path) -> ActiveRun:
+    import wandb  # here, in the job: the launcher never imports it
+
+    from hpcpipe.tracking.records import read_run
+
+    key = job_key()
+    rid = run_id(context, key)
+    folder = runs_root(workdir) / rid
+    folder.mkdir(parents=True, exist_ok=True)
+    # live before anything else, so `hpcpipe sync` leaves this run alone from now on
+    live = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+    (folder / LIVE_MARKER).write_text(json.dumps(live))
+    earlier = segments(folder)
+    segment = folder / f"segment-{len(list(folder.glob('segment-*'))):03d}"
+    segment.mkdir()
+    offline = not context.wandb_online
+    try:
+        replay = read_run(earlier[-1]).history if earlier and offline else []
+        cfg = params.wandb
+        handle = wandb.init(
+            mode="offline" if offline else "online",
+            dir=segment,
+            id=rid,
+            resume="allow",
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group,
+            tags=list(cfg.tags),
+            job_type=context.stage,
+            name=f"{context.stage} {key}",
+            config=run_config(params, context, sections, workdir),
+            settings=wandb.Settings(silent=True, console="off", save_code=False, init_timeout=INIT_TIMEOUT_S),
+        )
+        next_step = 0
+        for row in replay:
+            handle.log(_replayable(row), step=row["_step"])
+            next_step = row["_step"] + 1
+    except BaseException:
+        with contextlib.suppress(Exception):
+            wandb.finish(exit_code=1)
+        (folder / LIVE_MARKER).unlink(missing_ok=True)
+        raise
+    where = f"offline in {segment.relative_to(workdir)}; upload with: hpcpipe sync" if offline else "online"
+    print(f"hpcpipe: W&B run {rid} ({where})", file=sys.stderr, flush=True)
+    return ActiveRun(handle=handle, folder=folder, next_step=next_step)
+
+
+def _close(run: ActiveRun, exit_code: int) -> None:
+    try:
+        run.handle.finish(exit_code=exit_code)
+    finally:
+        (run.folder / LIVE_MARKER).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def start_run(
+    params: Params, context: RunContext | None, sections: Sequence[str], workdir: str | Path
+) -> Iterator[None]:
+    """Open the stage's W&B run for the ``with`` block when ``params.wandb.enabled``."""
+    global _active
+    if context is None or not params.wandb.enabled:
+        yield
+        return
+    try:
+        _active = _open(params, context, sections, Path(workdir).resolve())
+    except ImportError as err:
+        warn(f"wandb is not installed here ({err}); pip install wandb")
+        _active = None
+    except Exception as err:  # ImportError, bad settings, unwritable dir: the stage goes on
+        warn(f"{type(err).__name__}: {err}")
+        _active = None
+    exit_code = 1
+    try:
+        yield
+        exit_code = 0
+    finally:
+        run, _active = _active, None
+        if run is not None:
+            try:
+                _close(run, exit_code)
+            except Exception as err:
+                warn(f"finishing the run failed: {type(err).__name__}: {err}")
+
+
+def _guarded(what: str, action: Any) -> None:
+    """Run ``action(run)`` on the active run; on failure warn once and stop tracking."""
+    global _active
+    run = _active
+    if run is None:
+        return
+    try:
+        action(run)
+    except Exception as err:
+        _active = None
+        warn(f"{what} failed: {type(err).__name__}: {err}")
+        with contextlib.suppress(Exception):
+            _close(run, 1)
+
+
+def _log(run: ActiveRun, values: Mapping[str, Any]) -> None:
+    run.handle.log(dict(values), step=run.next_step)
+    run.next_step += 1
+
+
+def log_epoch(**values: float) -> None:
+    """One history row (epoch, loss, accuracy, lr, images/s...) at the next step."""
+    _guarded("logging history", lambda run: _log(run, values))
+
+
+def log_summary(metrics: Mapping[str, Any]) -> None:
+    """Final metrics, shown in the runs table."""
+    _guarded("writing the summary", lambda run: run.handle.summary.update(dict(metrics)))
+
+
+def log_confusion(actual: Sequence[int], predicted: Sequence[int], classes: Sequence[str]) -> None:
+    """The confusion matrix as W&B's interactive chart."""
+
+    def action(run: ActiveRun) -> None:
+        import wandb
+
+        chart = wandb.plot.confusion_matrix(
+            y_true=list(actual), preds=list(predicted), class_names=list(classes), title="confusion matrix"
+        )
+        _log(run, {"confusion_matrix": chart})
+
+    _guarded("logging the confusion matrix", action)
+
+
+def log_samples(images: Any, actual: Sequence[int], predicted: Sequence[int], classes: Sequence[str]) -> None:
+    """A grid of sample predictions: ``images`` is uint8 N x C x H x W (tensor or array)."""
+
+    def action(run: ActiveRun) -> None:
+        import numpy as np
+        import wandb
+
+        pictures = np.asarray(images[:SAMPLE_COUNT]).transpose(0, 2, 3, 1)
+        table = wandb.Table(columns=["image", "actual", "predicted", "correct"])
+        for picture, a, p in zip(pictures, actual, predicted, strict=False):
+            table.add_data(wandb.Image(picture), classes[a], classes[p], a == p)
+        _log(run, {"sample_predictions": table})
+
+    _guarded("logging sample predictions", action)

@@ -1,0 +1,190 @@
+"""``hpcpipe sync`` and the launcher's W&B context, end to end on real offline runs.
+
+No W&B server can run here, so the server side is stood in for at the process
+boundary: a tiny ``wandb`` script, first on PATH, records each ``wandb sync`` call's
+arguments and fails for paths named in $FAKE_WANDB_FAIL. The runs it is handed are
+real: written by the real wandb library in offline mode through ``hpcpipe.tracking``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcpipe import tracking
+from hpcpipe.cli import main
+from hpcpipe.config import Params, WandbParams, load_params, load_profile
+from hpcpipe.tracking.context import RunContext
+from hpcpipe.tracking.records import read_run
+from hpcpipe.tracking.run import LIVE_MARKER, SYNCED_MARKER, runs_root, segments
+from tests.conftest import update_params
+
+FAKE_WANDB = """#!/usr/bin/env python3
+import os, sys
+with open(os.environ["FAKE_WANDB_LOG"], "a") as log:
+    log.write(" ".join(sys.argv[1:]) + "\\n")
+if any(bad and bad in sys.argv[-1] for bad in os.environ.get("FAKE_WANDB_FAIL", "").split(",")):
+    print("wandb: ERROR network unreachable", file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+@pytest.fixture
+def fake_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in ``wandb`` first on PATH; returns the file where it logs its calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "wandb"
+    script.write_text(FAKE_WANDB)
+    script.chmod(0o755)
+    log = tmp_path / "wandb-calls.log"
+    log.touch()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_WANDB_LOG", str(log))
+    monkeypatch.delenv("FAKE_WANDB_FAIL", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("SUBMITIT_LOCAL_JOB_ID", raising=False)
+    return log
+
+
+def calls(log: Path) -> list[str]:
+    return log.read_text().splitlines()
+
+
+def write_run(project: Path, stage: str, job: str, epochs: range, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real offline run of ``stage`` in Slurm job ``job``; returns its run folder."""
+    monkeypatch.setenv("SLURM_JOB_ID", job)
+    params = load_params(project / "params.yaml")
+    params = dataclasses.replace(params, wandb=WandbParams(enabled=True, project="t"))
+    context = RunContext(stage=stage, fingerprint="f" * 16, profile="local")
+    with tracking.start_run(params, context, (), project):
+        for epoch in epochs:
+            tracking.log_epoch(epoch=epoch, loss=1.0 / epoch)
+    (folder,) = [f for f in runs_root(project).iterdir() if f.name.startswith(stage) and job_of(f) == job]
+    return folder
+
+
+def job_of(folder: Path) -> str:
+    return str(read_run(segments(folder)[0]).config["job_id"])
+
+
+def sync(*args: str, capsys: pytest.CaptureFixture) -> tuple[int, list[str]]:
+    code = main(["sync", *args])
+    return code, capsys.readouterr().out.splitlines()
+
+
+def test_sync_uploads_each_finished_run_once(project, fake_wandb, monkeypatch, capsys):
+    train = write_run(project, "train", "11", range(1, 3), monkeypatch)
+    evaluate = write_run(project, "evaluate", "12", range(1, 2), monkeypatch)
+
+    code, out = sync("--dry-run", capsys=capsys)
+    assert code == 0 and out[-1] == "synced 0, failed 0, skipped 0"
+    assert calls(fake_wandb) == []
+
+    code, out = sync("--jobs", "2", capsys=capsys)
+    assert code == 0 and out[-1] == "synced 2, failed 0, skipped 0"
+    assert sorted(calls(fake_wandb)) == sorted(f"sync {segments(f)[-1]}" for f in (train, evaluate))
+    assert (train / SYNCED_MARKER).exists() and (evaluate / SYNCED_MARKER).exists()
+
+    code, out = sync(capsys=capsys)
+    assert code == 0 and out[-1] == "synced 0, failed 0, skipped 0"
+    assert len(calls(fake_wandb)) == 2  # never twice
+
+
+def test_a_run_still_being_written_is_skipped_until_its_job_ends(project, fake_wandb, monkeypatch, capsys):
+    folder = write_run(project, "train", "21", range(1, 2), monkeypatch)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        marker = {"pid": sleeper.pid, "host": socket.gethostname(), "slurm_job_id": None}
+        (folder / LIVE_MARKER).write_text(json.dumps(marker))
+        code, out = sync(capsys=capsys)
+        assert code == 0 and out[-1] == "synced 0, failed 0, skipped 1"
+        assert calls(fake_wandb) == []
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the job died without removing its marker (killed at its time limit): now it is finished
+    code, out = sync(capsys=capsys)
+    assert code == 0 and out[-1] == "synced 1, failed 0, skipped 0"
+
+
+def test_a_failed_upload_is_reported_retried_and_does_not_stop_the_others(
+    project, fake_wandb, monkeypatch, capsys
+):
+    bad = write_run(project, "train", "31", range(1, 2), monkeypatch)
+    good = write_run(project, "evaluate", "32", range(1, 2), monkeypatch)
+    monkeypatch.setenv("FAKE_WANDB_FAIL", bad.name)
+    code, out = sync(capsys=capsys)
+    assert code == 1 and out[-1] == "synced 1, failed 1, skipped 0"
+    assert any(line.startswith(f"failed {bad.name}: exit 1: wandb: ERROR network") for line in out)
+    assert not (bad / SYNCED_MARKER).exists() and (good / SYNCED_MARKER).exists()
+
+    monkeypatch.delenv("FAKE_WANDB_FAIL")
+    code, out = sync(capsys=capsys)
+    assert code == 0 and out[-1] == "synced 1, failed 0, skipped 0"
+    assert [c for c in calls(fake_wandb) if good.name in c] == [f"sync {segments(good)[-1]}"]
+
+
+def test_a_requeued_run_uploads_only_its_complete_newest_segment(project, fake_wandb, monkeypatch, capsys):
+    write_run(project, "train", "41", range(1, 3), monkeypatch)
+    folder = write_run(project, "train", "41", range(3, 5), monkeypatch)  # requeued: same job id
+    _first, newest = segments(folder)
+    code, out = sync(capsys=capsys)
+    assert code == 0 and out[-1] == "synced 1, failed 0, skipped 0"
+    assert calls(fake_wandb) == [f"sync {newest}"]
+    assert [row["epoch"] for row in read_run(newest).history] == [1, 2, 3, 4]
+
+
+def test_the_launcher_hands_the_job_its_run_context(fake_stage_project, fake_wandb, monkeypatch):
+    """A real local job (submitit subprocess): its W&B run carries the launcher's context."""
+    from hpcpipe.launch.launcher import launch
+    from hpcpipe.launch.ledger import fingerprint
+    from hpcpipe.stages import StageSpec
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURMD_NODENAME", raising=False)
+    update_params(fake_stage_project, wandb={"enabled": True, "project": "t", "group": "demo"})
+    root = fake_stage_project
+    spec = StageSpec("fake", "fake_stages:write_outputs", ("train",), ("source",), ("result", "report"))
+    paths = {"source": "source.txt", "result": "out/result.txt", "report": "out/report"}
+    params: Params = load_params(root / "params.yaml")
+    profile = load_profile("local", root)
+    assert launch(spec, params, paths, profile, root) == 0
+
+    (folder,) = list(runs_root(root).iterdir())
+    run = read_run(segments(folder)[-1])
+    assert run.group == "demo"
+    assert run.config["fingerprint"] == fingerprint(spec, params, paths, root)
+    resources = json.loads(json.dumps(dataclasses.asdict(profile.resources("fake"))))  # tuples -> lists
+    assert run.config["resources"] == resources
+    assert run.config["params"] == {"train": dataclasses.asdict(params.train)}
+    assert run.config["profile"] == "local" and run.config["job_id"]
+    assert not (folder / LIVE_MARKER).exists()
+
+
+def test_watch_keeps_syncing_until_ctrl_c(project, fake_wandb, monkeypatch, capsys):
+    from hpcpipe.tracking import sync as sync_module
+
+    write_run(project, "train", "51", range(1, 2), monkeypatch)
+    real_pass, passes = sync_module.sync_once, []
+
+    def pass_then_ctrl_c(*args, **kwargs):
+        if len(passes) == 3:
+            raise KeyboardInterrupt
+        passes.append(1)
+        return real_pass(*args, **kwargs)
+
+    monkeypatch.setattr(sync_module, "sync_once", pass_then_ctrl_c)
+    code, out = sync("--watch", "--poll", "0.01", capsys=capsys)
+    assert code == 0 and out[0].startswith("synced train-")
+    assert out[-2:] == ["synced 1, failed 0, skipped 0", "stopped watching"]
+    assert len(calls(fake_wandb)) == 1  # three passes, one upload

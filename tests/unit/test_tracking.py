@@ -1,0 +1,215 @@
+"""W&B tracking with the real wandb library, offline: runs are read back from their .wandb files.
+
+No W&B server can run here: everything stays offline (WANDB_MODE=offline, files under
+tmp_path), and what wandb wrote is parsed with ``hpcpipe.tracking.records``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcpipe import tracking
+from hpcpipe.config import WandbParams, load_params
+from hpcpipe.launch.job import run_stage
+from hpcpipe.launch.ledger import fingerprint
+from hpcpipe.stages import STAGES
+from hpcpipe.tracking.context import RunContext, job_key, run_id
+from hpcpipe.tracking.records import read_run
+from hpcpipe.tracking.run import LIVE_MARKER, runs_root, segments
+
+REPO = Path(__file__).resolve().parents[2]
+CONTEXT = RunContext(
+    stage="train",
+    fingerprint="0123456789abcdef",
+    profile="testsite",
+    resources={"gpus": 1, "cpus": 4, "time_min": 30},
+)
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, quiet wandb, as inside a Slurm job 4242 on node nid001."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for key in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SUBMITIT_LOCAL_JOB_ID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURMD_NODENAME", "nid001")
+
+
+def enabled(params, **wandb):
+    return dataclasses.replace(params, wandb=WandbParams(enabled=True, project="test", **wandb))
+
+
+def only_run(workdir: Path) -> Path:
+    (folder,) = list(runs_root(workdir).iterdir())
+    return folder
+
+
+def test_run_id_is_stable_for_a_job_and_new_for_anything_else():
+    key = job_key({"SLURM_JOB_ID": "77"})
+    assert key == "slurm-77"
+    assert run_id(CONTEXT, key) == run_id(
+        CONTEXT, job_key({"SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "1"})
+    )
+    assert run_id(CONTEXT, key) != run_id(CONTEXT, "slurm-78")
+    assert run_id(CONTEXT, key) != run_id(dataclasses.replace(CONTEXT, fingerprint="f" * 16), key)
+    assert (
+        job_key({"SLURM_JOB_ID": "9", "SLURM_ARRAY_JOB_ID": "8", "SLURM_ARRAY_TASK_ID": "3"}) == "slurm-8_3"
+    )
+    assert job_key({"SUBMITIT_LOCAL_JOB_ID": "123"}) == "local-123"
+    assert job_key({}) != job_key({})  # no scheduler: every execution is its own run
+
+
+def test_a_run_records_config_history_and_summary(offline, make_params, tmp_path):
+    params = enabled(make_params(), group="g1", tags=("a", "b"))
+    with tracking.start_run(params, CONTEXT, ("train",), tmp_path):
+        for epoch in (1, 2, 3):
+            tracking.log_epoch(
+                epoch=epoch, loss=1.0 / epoch, accuracy=0.1 * epoch, lr=0.01, images_per_s=900.0
+            )
+        tracking.log_summary({"train_accuracy": 0.3, "epochs": 3})
+
+    folder = only_run(tmp_path)
+    assert not (folder / LIVE_MARKER).exists()
+    (segment,) = segments(folder)
+    run = read_run(segment)
+    assert run.run_id == folder.name == run_id(CONTEXT, "slurm-4242")
+    assert (run.project, run.group, run.tags) == ("test", "g1", ("a", "b"))
+    assert run.config["params"] == {"train": dataclasses.asdict(params.train)}
+    assert run.config["resources"] == {"gpus": 1, "cpus": 4, "time_min": 30}
+    assert run.config["fingerprint"] == CONTEXT.fingerprint
+    assert (run.config["job_id"], run.config["node"], run.config["profile"]) == ("4242", "nid001", "testsite")
+    assert "git_commit" in run.config
+    assert [(row["_step"], row["epoch"]) for row in run.history] == [(0, 1), (1, 2), (2, 3)]
+    assert {"loss", "accuracy", "lr", "images_per_s"} <= set(run.history[0])
+    assert run.summary["train_accuracy"] == 0.3
+
+
+def test_a_requeued_job_continues_the_same_run_without_gaps_or_repeats(offline, make_params, tmp_path):
+    """The first attempt dies after two epochs; Slurm requeues the job (same job id)."""
+    params = enabled(make_params())
+    with pytest.raises(RuntimeError), tracking.start_run(params, CONTEXT, ("train",), tmp_path):
+        tracking.log_epoch(epoch=1, loss=2.0)
+        tracking.log_epoch(epoch=2, loss=1.5)
+        raise RuntimeError("time limit")
+    with tracking.start_run(params, CONTEXT, ("train",), tmp_path):
+        tracking.log_epoch(epoch=3, loss=1.2)
+        tracking.log_epoch(epoch=4, loss=1.0)
+
+    folder = only_run(tmp_path)  # one run folder: one identity
+    first, second = segments(folder)
+    assert read_run(first).run_id == read_run(second).run_id == folder.name
+    history = read_run(second).history  # the newest segment alone holds the whole history
+    assert [row["_step"] for row in history] == [0, 1, 2, 3]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert [row["loss"] for row in history] == [2.0, 1.5, 1.2, 1.0]
+
+
+def test_disabled_tracking_writes_nothing(offline, make_params, tmp_path):
+    with tracking.start_run(make_params(), CONTEXT, ("train",), tmp_path):
+        tracking.log_epoch(epoch=1, loss=1.0)
+    with tracking.start_run(enabled(make_params()), None, ("train",), tmp_path):
+        tracking.log_epoch(epoch=1, loss=1.0)
+    assert not runs_root(tmp_path).exists()
+
+
+def test_wandb_not_installed_is_one_warning(offline, make_params, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
+    with tracking.start_run(enabled(make_params()), CONTEXT, ("train",), tmp_path):
+        tracking.log_epoch(epoch=1, loss=1.0)
+        tracking.log_summary({"x": 1})
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "W&B" in line]
+    assert len(warnings) == 1 and "wandb is not installed" in warnings[0]
+
+
+def test_failing_writes_stop_tracking_with_one_warning(offline, make_params, tmp_path, monkeypatch, capsys):
+    import wandb
+
+    with tracking.start_run(enabled(make_params()), CONTEXT, ("train",), tmp_path):
+        tracking.log_epoch(epoch=1, loss=1.0)
+
+        def broken(*args, **kwargs):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", broken)
+        tracking.log_epoch(epoch=2, loss=0.5)
+        tracking.log_epoch(epoch=3, loss=0.2)
+        tracking.log_summary({"x": 1})
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "W&B off" in line]
+    assert len(warnings) == 1 and "disk full" in warnings[0]
+    assert not (only_run(tmp_path) / LIVE_MARKER).exists()
+
+
+def test_a_failing_wandb_init_leaves_the_train_stage_complete(
+    offline, make_params, prepared_sample, tmp_path, monkeypatch, capsys
+):
+    import wandb
+
+    def refuse(*args, **kwargs):
+        raise wandb.errors.UsageError("bad entity")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    monkeypatch.chdir(REPO)  # run_stage chdirs to workdir itself; restored after the test
+    paths = {
+        "prepared": str(prepared_sample),
+        "model": "out/model.pt",
+        "metrics": "out/train.json",
+        "history": "out/history.csv",
+    }
+    metrics = run_stage(STAGES["train"], enabled(make_params()), paths, str(tmp_path), CONTEXT)
+    assert metrics["epochs"] == 1 and (tmp_path / "out" / "train.json").exists()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "W&B" in line]
+    assert warnings == ["hpcpipe: W&B off for this stage: UsageError: bad entity"]
+
+
+def test_train_and_evaluate_log_curves_confusion_and_samples(
+    offline, make_params, prepared_sample, tmp_path, monkeypatch
+):
+    secret = "wandb-key-5d1e9b7c2a"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.chdir(REPO)
+    params = enabled(make_params(train={"epochs": 2}))
+    paths = {
+        "prepared": str(prepared_sample),
+        "model": "out/model.pt",
+        "metrics": "out/train.json",
+        "history": "out/history.csv",
+    }
+    run_stage(STAGES["train"], params, paths, str(tmp_path), CONTEXT)
+    eval_paths = {
+        "prepared": str(prepared_sample),
+        "model": "out/model.pt",
+        "metrics": "out/evaluate.json",
+        "confusion": "out/confusion.csv",
+    }
+    eval_context = dataclasses.replace(CONTEXT, stage="evaluate")
+    result = run_stage(STAGES["evaluate"], params, eval_paths, str(tmp_path), eval_context)
+
+    train = read_run(segments(runs_root(tmp_path) / run_id(CONTEXT, "slurm-4242"))[-1])
+    assert [row["epoch"] for row in train.history] == [1, 2]
+    assert train.summary["epochs"] == 2
+    evaluate = read_run(segments(runs_root(tmp_path) / run_id(eval_context, "slurm-4242"))[-1])
+    assert evaluate.config["params"] == {"evaluate": {"batch_size": 1000}}
+    media = {key: value for row in evaluate.history for key, value in row.items() if key.endswith("/_type")}
+    assert media == {"confusion_matrix_table/_type": "table-file", "sample_predictions/_type": "table-file"}
+    (samples,) = [row for row in evaluate.history if "sample_predictions/nrows" in row]
+    assert samples["sample_predictions/nrows"] == tracking.SAMPLE_COUNT
+    assert evaluate.summary["test_accuracy"] == result["test_accuracy"]
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()] == []
+
+
+def test_wandb_settings_are_outside_the_fingerprint_and_old_params_load(make_params, tmp_path):
+    text = (REPO / "params.yaml").read_text()
+    assert load_params(REPO / "params.yaml").wandb.enabled is False
+    old = tmp_path / "params.yaml"
+    old.write_text(text.split("\nwandb:")[0])
+    assert load_params(old).wandb == WandbParams()
+    params = make_params()
+    paths = {"prepared": "p", "model": "m", "metrics": "x", "history": "h"}
+    spec = STAGES["train"]
+    assert fingerprint(spec, params, paths, tmp_path) == fingerprint(spec, enabled(params), paths, tmp_path)
