@@ -213,3 +213,11 @@ def test_wandb_settings_are_outside_the_fingerprint_and_old_params_load(make_par
     paths = {"prepared": "p", "model": "m", "metrics": "x", "history": "h"}
     spec = STAGES["train"]
     assert fingerprint(spec, params, paths, tmp_path) == fingerprint(spec, enabled(params), paths, tmp_path)
+
+
+def test_prepare_opens_no_run_even_with_wandb_on(offline, make_params, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    context = dataclasses.replace(CONTEXT, stage="prepare")
+    run_stage(STAGES["prepare"], enabled(make_params()), {"prepared": "out/prepared"}, str(tmp_path), context)
+    assert (tmp_path / "out" / "prepared" / "manifest.json").exists()
+    assert not runs_root(tmp_path).exists()

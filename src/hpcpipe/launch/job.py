@@ -100,7 +100,7 @@ def run_stage(
         else:
             kwargs[role] = final
     try:
-        with start_run(params, context, spec.sections, workdir):
+        with start_run(params, context if spec.tracked else None, spec.sections, workdir):
             metrics = func(params, **kwargs)
         for role, tmp in staged.items():
             publish(tmp, Path(paths[role]))

@@ -21,6 +21,7 @@ class StageSpec:
     sections: tuple[str, ...]  # params.yaml sections the stage reads
     inputs: tuple[str, ...]  # path arguments read
     outputs: tuple[str, ...]  # path arguments written, published atomically
+    tracked: bool = True  # opens a W&B run when W&B is on (prepare has nothing to chart)
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -36,6 +37,7 @@ STAGES: dict[str, StageSpec] = {
             sections=("data", "prepare"),
             inputs=(),
             outputs=("prepared",),
+            tracked=False,
         ),
         StageSpec(
             name="train",
