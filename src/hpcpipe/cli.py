@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -146,8 +145,7 @@ def cmd_repro(args: argparse.Namespace, dvc_args: list[str]) -> int:
         )
     from hpcpipe.launch.checks import account_problem
     from hpcpipe.launch.executors import make_executor
-    from hpcpipe.launch.launcher import job_folder, ledger_for, strip_inherited_slurm_env
-    from hpcpipe.launch.ledger import Entry
+    from hpcpipe.launch.launcher import job_folder, ledger_entry, ledger_for, strip_inherited_slurm_env
 
     problem = account_problem(profile, os.environ)
     if problem:
@@ -156,18 +154,7 @@ def cmd_repro(args: argparse.Namespace, dvc_args: list[str]) -> int:
     executor = make_executor(profile, DRIVER, folder)
     strip_inherited_slurm_env()
     job = executor.submit(run_repro, str(root), name, dvc_args)
-    ledger_for(root, profile).put(
-        Entry(
-            DRIVER,
-            str(job.job_id),
-            "slurm",
-            "",
-            str(folder.resolve()),
-            str(job.paths.stdout),
-            str(job.paths.stderr),
-            time.time(),
-        )
-    )
+    ledger_for(root, profile).put(ledger_entry(DRIVER, job, profile, "", folder))
     print(f"submitted dvc repro as job {job.job_id}; follow it with: hpcpipe logs repro -f")
     return 0
 

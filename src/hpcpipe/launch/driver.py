@@ -15,16 +15,15 @@ from pathlib import Path
 DRIVER = "repro"  # the driver's name in the ledger and in profiles' `stages:` (its resources)
 
 
-def run_repro(root: str, profile_name: str, dvc_args: list[str]) -> int:
-    """Job side: ``dvc repro`` in the project with the profile pinned; raises on failure."""
+def repro_in_foreground(profile_name: str, dvc_args: list[str], root: Path) -> int:
+    """``dvc repro`` in the project with the profile pinned; returns its exit status."""
     env = {**os.environ, "HPCPIPE_CLUSTER": profile_name}
-    code = subprocess.run(["dvc", "repro", *dvc_args], cwd=root, env=env).returncode
+    return subprocess.run(["dvc", "repro", *dvc_args], cwd=root, env=env).returncode
+
+
+def run_repro(root: str, profile_name: str, dvc_args: list[str]) -> int:
+    """Job side of --detach: the same, raising on failure so the job ends FAILED."""
+    code = repro_in_foreground(profile_name, dvc_args, Path(root))
     if code != 0:
         raise RuntimeError(f"dvc repro exited with status {code}")
     return code
-
-
-def repro_in_foreground(profile_name: str, dvc_args: list[str], root: Path) -> int:
-    """Login-node side without --detach: plain ``dvc repro`` with the profile pinned."""
-    env = {**os.environ, "HPCPIPE_CLUSTER": profile_name}
-    return subprocess.run(["dvc", "repro", *dvc_args], cwd=root, env=env).returncode

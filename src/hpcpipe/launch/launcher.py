@@ -168,7 +168,7 @@ def launch(
                 context = run_context(spec, profile, fp)
                 job = executor.submit(job_side.run_stage, spec, params, dict(paths), str(root), context)
                 say(f"{spec.name}: job {job.job_id} submitted ({profile.name}: {profile.executor})")
-                ledger.put(_entry(spec, job, profile, fp, folder))
+                ledger.put(ledger_entry(spec.name, job, profile, fp, folder))
             watcher = watch_for(profile.executor, job)
             _follow(job, watcher, profile.poll_s, started, spec.name)
         except Interrupted as stop:
@@ -190,10 +190,11 @@ def run_context(spec: StageSpec, profile: Profile, fp: str) -> RunContext:
     )
 
 
-def _entry(spec: StageSpec, job: Any, profile: Profile, fp: str, folder: Path) -> Entry:
+def ledger_entry(stage: str, job: Any, profile: Profile, fp: str, folder: Path) -> Entry:
+    """The ledger's record of a just-submitted job (a stage's, or the --detach driver's)."""
     paths = getattr(job, "paths", None)
     return Entry(
-        stage=spec.name,
+        stage=stage,
         job_id=str(job.job_id),
         executor=profile.executor,
         fingerprint=fp,
