@@ -7,6 +7,8 @@
     hpcpipe cluster [NAME]              print the resolved cluster profile and check it
     hpcpipe fetch                       download the raw data named in params.yaml
     hpcpipe sync [--dry-run] [--jobs N] [--watch]   upload finished offline W&B runs, once
+    hpcpipe sweep -S KEY=VALUES ...     a grid as one job array; points come back as DVC experiments
+    hpcpipe sweep status|resume NAME    a sweep's points; resubmit its failed ones
 
 Exit status 2 means bad input (params, profile, arguments): one line says what
 and where, and nothing was submitted.
@@ -18,6 +20,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -70,7 +73,66 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--jobs", type=int, default=4, metavar="N", help="uploads at a time (default 4)")
     sync.add_argument("--watch", action="store_true", help="keep syncing as jobs finish, until Ctrl-C")
     sync.add_argument("--poll", type=float, default=10.0, metavar="S", help="seconds between --watch passes")
+
+    sweep = sub.add_parser(
+        "sweep", help="a hyperparameter grid as one job array -> DVC experiments", add_help=False
+    )
+    sweep.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
+
+
+def _sweep_parsers() -> dict[str, argparse.ArgumentParser]:
+    start = argparse.ArgumentParser(
+        prog="hpcpipe sweep",
+        description="Run a grid of params as ONE job array; each point comes back as a DVC experiment. "
+        "Also: hpcpipe sweep status NAME, hpcpipe sweep resume NAME.",
+        exit_on_error=False,
+    )
+    start.add_argument(
+        "-S", "--set-param", dest="overrides", action="append", default=[], metavar="KEY=VALUES",
+        help="one axis of the grid, DVC's grammar: train.lr=0.1,0.05 or 'train.epochs=range(10,30,10)'",
+    )  # fmt: skip
+    start.add_argument("--name", help="the sweep's name: W&B group, experiment prefix (default: dated)")
+    start.add_argument("--random", type=int, metavar="K", help="run K points of the grid, chosen by --seed")
+    start.add_argument("--seed", type=int, default=0, help="seed for --random (default 0)")
+    start.add_argument("--parallelism", type=int, metavar="N", help="points running at once (array %%N)")
+    start.add_argument("--detach", action="store_true", help="return once submitted (Slurm profiles)")
+    start.add_argument("--cluster", help="cluster profile (default: $HPCPIPE_CLUSTER, else detected)")
+    status = argparse.ArgumentParser(prog="hpcpipe sweep status", exit_on_error=False)
+    status.add_argument("name")
+    resume = argparse.ArgumentParser(prog="hpcpipe sweep resume", exit_on_error=False)
+    resume.add_argument("name")
+    resume.add_argument("--parallelism", type=int, metavar="N")
+    resume.add_argument("--detach", action="store_true")
+    return {"start": start, "status": status, "resume": resume}
+
+
+def cmd_sweep(rest: list[str]) -> int:
+    from hpcpipe.sweep import runner
+
+    action = rest[0] if rest and rest[0] in ("status", "resume") else "start"
+    parser = _sweep_parsers()[action]
+    try:
+        args = parser.parse_args(rest[1:] if action != "start" else rest)
+    except argparse.ArgumentError as err:
+        raise UsageError(f"{parser.prog}: {err}") from None
+    root = Path.cwd()
+    if action == "status":
+        return runner.status(root, args.name)
+    if action == "resume":
+        return runner.resume(root, args.name, args.parallelism, args.detach)
+    if not args.overrides:
+        raise UsageError("hpcpipe sweep: give at least one -S KEY=VALUES (e.g. -S train.lr=0.1,0.05)")
+    request = runner.SweepRequest(
+        overrides=args.overrides,
+        name=args.name,
+        cluster=args.cluster,
+        random=args.random,
+        seed=args.seed,
+        parallelism=args.parallelism,
+        detach=args.detach,
+    )
+    return runner.start(root, request)
 
 
 def parse_stage_paths(spec: StageSpec, extra: list[str]) -> dict[str, str]:
@@ -211,38 +273,51 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    """Upload offline runs from ./wandb (where jobs write them; see hpcpipe.tracking)."""
+    """Upload offline runs from ./wandb (where jobs write them; see hpcpipe.tracking) and from
+    each sweep point's workspace (.hpcpipe/sweeps/NAME/points/*/wandb)."""
+    from hpcpipe.sweep.record import SWEEPS_DIR
     from hpcpipe.tracking.run import runs_root
     from hpcpipe.tracking.sync import sync
 
     if args.jobs < 1:
         raise UsageError(f"hpcpipe sync: --jobs must be >= 1, got {args.jobs}")
-    return sync(
-        runs_root(Path.cwd()), jobs=args.jobs, dry_run=args.dry_run, watch=args.watch, poll_s=args.poll
-    )
+    roots = [runs_root(Path.cwd()), *sorted(Path.cwd().glob(f"{SWEEPS_DIR}/*/points/*/wandb"))]
+    return sync(roots, jobs=args.jobs, dry_run=args.dry_run, watch=args.watch, poll_s=args.poll)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sweep"]:  # its own grammar (-S may repeat, status/resume NAME): its own parser
+        return _guarded(lambda: cmd_sweep(argv[1:]))
     args, extra = _parser().parse_known_args(argv)
+    return _guarded(lambda: _dispatch(args, extra))
+
+
+def _guarded(command: Callable[[], int]) -> int:
+    """Bad input is one line on stderr and exit status 2, whatever the command."""
     try:
-        if args.command == "run":
-            return cmd_run(args, extra)
-        if args.command == "repro":
-            return cmd_repro(args, extra)
-        if extra:
-            raise UsageError(f"hpcpipe {args.command}: unexpected {' '.join(extra)}")
-        handlers = {
-            "cluster": cmd_cluster,
-            "status": cmd_status,
-            "logs": cmd_logs,
-            "cancel": cmd_cancel,
-            "fetch": cmd_fetch,
-            "sync": cmd_sync,
-        }
-        return handlers[args.command](args)
+        return command()
     except (ConfigError, UsageError) as err:
         print(f"hpcpipe: {err}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.command == "run":
+        return cmd_run(args, extra)
+    if args.command == "repro":
+        return cmd_repro(args, extra)
+    if extra:
+        raise UsageError(f"hpcpipe {args.command}: unexpected {' '.join(extra)}")
+    handlers = {
+        "cluster": cmd_cluster,
+        "status": cmd_status,
+        "logs": cmd_logs,
+        "cancel": cmd_cancel,
+        "fetch": cmd_fetch,
+        "sync": cmd_sync,
+    }
+    return handlers[args.command](args)
 
 
 if __name__ == "__main__":

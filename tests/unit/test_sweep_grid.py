@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hpcpipe.config import load_params
-from hpcpipe.sweep import apply_point, expand_grid, point_name, random_subset, validate_points
+from hpcpipe.sweep.grid import apply_point, expand_grid, point_name, random_subset, validate_points
 from hpcpipe.validation import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -93,7 +93,7 @@ def job_folder(root: Path, profile: Profile, stage: str) -> Path:
     return folder
 
 
-class _SignalsAsExceptions:
+class SignalsAsExceptions:
     """Turn SIGINT/SIGTERM into ``Interrupted`` for the duration of a wait, so a
     Ctrl-C or a killed ``dvc repro`` cancels the job instead of orphaning it."""
 
@@ -157,7 +157,7 @@ def launch(
     folder = job_folder(root, profile, spec.name)
     ledger = ledger_for(root, profile)
     fp = fingerprint(spec, params, paths, root)
-    with _SignalsAsExceptions():
+    with SignalsAsExceptions():
         watcher = None
         try:
             job = _reattach(ledger, spec, fp, profile)

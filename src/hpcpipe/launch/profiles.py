@@ -9,6 +9,8 @@ exactly what is submitted.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,26 @@ def local_parameters(res: Resources) -> dict[str, Any]:
     if res.setup:
         params["setup"] = list(res.setup)
     return params
+
+
+def sweep_resources(profile: Profile, stages: Sequence[str]) -> Resources:
+    """What one sweep task asks for: it runs ``stages`` one after the other, inline.
+
+    A profile's own ``stages: sweep:`` entry wins. Otherwise the task takes the
+    resources of its most demanding stage (most GPUs, then CPUs), the largest memory
+    of any, and the sum of their time limits, since the stages run in sequence.
+    """
+    if "sweep" in profile.stages:
+        return profile.stages["sweep"]
+    each = [profile.resources(stage) for stage in stages] or [profile.defaults]
+    largest = max(each, key=lambda r: (r.gpus, r.cpus))
+    memory = [r.mem_gb for r in each if r.mem_gb is not None]
+    return dataclasses.replace(
+        largest,
+        cpus=max(r.cpus for r in each),
+        mem_gb=max(memory) if memory else None,
+        time_min=sum(r.time_min for r in each),
+    )
 
 
 def executor_parameters(profile: Profile, stage: str) -> dict[str, Any]:

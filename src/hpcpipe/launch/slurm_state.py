@@ -10,6 +10,7 @@ state, exit code and elapsed time). Parsers are pure and tested as text; only
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass
 
@@ -79,6 +80,55 @@ def parse_sacct(text: str, job_id: str) -> JobState | None:
             _, state, exit_code, node, elapsed = fields
             found = JobState(state=state.split()[0], node=node, elapsed=elapsed, exit_code=exit_code)
     return found
+
+
+_ARRAY_ID = re.compile(r"^(\d+)_(\d+|\[[^\]]*\])$")
+
+
+def _task_ids(spec: str) -> list[int]:
+    """``[0-3,7%2]`` (a pending array's tasks, as Slurm folds them) -> [0, 1, 2, 3, 7]."""
+    ids: list[int] = []
+    for part in spec.strip("[]").split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and (not last or last.isdigit()):
+            ids.extend(range(int(first), int(last or first) + 1))
+    return ids
+
+
+def parse_array(text: str, array_id: str, *, sacct: bool) -> dict[str, JobState]:
+    """``squeue -r -o SQUEUE_FORMAT`` or (``sacct``) ``sacct -X -o SACCT_FIELDS`` lines of
+    one job array -> {"ID_TASK": state}.
+
+    Folded pending lines (``123_[2-3%2]``) are unfolded; a later line for a task wins
+    (sacct lists a requeued task's attempts in order).
+    """
+    states: dict[str, JobState] = {}
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        match = _ARRAY_ID.match(fields[0]) if len(fields) == 5 else None
+        if not match or match.group(1) != array_id:
+            continue
+        tasks = _task_ids(match.group(2)) if match.group(2).startswith("[") else [int(match.group(2))]
+        state = fields[1].split()[0] if fields[1] else "UNKNOWN"
+        for task in tasks:
+            key = f"{array_id}_{task}"
+            if sacct:  # the third field is the exit code
+                states[key] = JobState(state=state, node=fields[3], elapsed=fields[4], exit_code=fields[2])
+            else:
+                states[key] = JobState(state=state, reason=fields[2], node=fields[3], elapsed=fields[4])
+    return states
+
+
+def query_array(array_id: str) -> dict[str, JobState]:
+    """Every task of one array now: ``squeue -r`` for queued and running tasks, sacct for the rest."""
+    states: dict[str, JobState] = {}
+    accounted = _run(["sacct", "-n", "-P", "-X", "-j", array_id, "-o", SACCT_FIELDS])
+    if accounted is not None:
+        states.update(parse_array(accounted, array_id, sacct=True))
+    queued = _run(["squeue", "-h", "-r", "-j", array_id, "-o", SQUEUE_FORMAT])
+    if queued is not None:
+        states.update({k: v for k, v in parse_array(queued, array_id, sacct=False).items() if not v.final})
+    return states
 
 
 def _run(command: list[str]) -> str | None:

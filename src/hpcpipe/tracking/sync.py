@@ -94,10 +94,11 @@ def _synced_segment(folder: Path) -> str | None:
         return None
 
 
-def find_runs(root: Path) -> list[RunFolder]:
-    """Every run folder under ``root`` (the project's ``wandb/``) with an offline segment."""
+def find_runs(roots: Sequence[Path]) -> list[RunFolder]:
+    """Every run folder under ``roots`` (the project's ``wandb/``, and each sweep point's)
+    with an offline segment."""
     found = []
-    for folder in sorted(p for p in root.glob("*") if p.is_dir()):
+    for folder in sorted(p for root in roots for p in root.glob("*") if p.is_dir()):
         offline = segments(folder)
         if not offline:
             continue
@@ -126,12 +127,12 @@ def upload(run: RunFolder, command: Sequence[str] = SYNC_COMMAND) -> str | None:
 
 
 def sync_once(
-    root: Path, *, jobs: int = 4, dry_run: bool = False, say: Callable[[str], None] = print
+    roots: Sequence[Path], *, jobs: int = 4, dry_run: bool = False, say: Callable[[str], None] = print
 ) -> Tally:
-    """One pass over ``root``: upload what is finished and not yet synced."""
+    """One pass over ``roots``: upload what is finished and not yet synced."""
     tally = Tally()
     todo = []
-    for run in find_runs(root):
+    for run in find_runs(roots):
         if run.synced:
             continue
         if run.live:
@@ -155,7 +156,7 @@ def sync_once(
 
 
 def sync(
-    root: Path,
+    roots: Sequence[Path],
     *,
     jobs: int = 4,
     dry_run: bool = False,
@@ -165,13 +166,13 @@ def sync(
 ) -> int:
     """``hpcpipe sync``: exit status 1 if an upload failed (in the last pass with --watch)."""
     if not watch:
-        tally = sync_once(root, jobs=jobs, dry_run=dry_run, say=say)
+        tally = sync_once(roots, jobs=jobs, dry_run=dry_run, say=say)
         say(tally.line())
         return 1 if tally.failed else 0
     failed = False
     try:
         while True:
-            tally = sync_once(root, jobs=jobs, dry_run=dry_run, say=say)
+            tally = sync_once(roots, jobs=jobs, dry_run=dry_run, say=say)
             if tally.synced or tally.failed:
                 say(tally.line())
             failed = bool(tally.failed)

@@ -1,0 +1,60 @@
+"""Finished points -> DVC experiments of the project, saved from the login node one at a time.
+
+``dvc exp save`` in a point's worktree writes the experiment's git refs into the
+project's shared git directory, based on the project's HEAD, so ``dvc exp show``
+in the project lists it and ``dvc exp apply NAME`` brings it in (its outputs are
+in the shared cache). Saves are serialised here rather than done by each array
+task: DVC keeps its in-progress experiment refs (``refs/exps/exec/...``) once per
+git directory, so two saves at once in worktrees of one repo would clobber each
+other.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpcpipe.sweep.workspace import git
+
+
+def save_experiment(workspace: Path, name: str, stages: Sequence[str]) -> str:
+    """Save the workspace as experiment ``name``; returns "" on success, else why not (one line)."""
+    try:
+        git(workspace, "add", "--all")  # metrics kept in git (cache: false) and the new dvc.lock
+    except Exception as err:
+        return str(err)
+    # Targets: only the stages the point ran; committing an upstream stage would ask for
+    # its inputs (the raw data), which the workspace never linked.
+    proc = subprocess.run(
+        ["dvc", "exp", "save", "--force", "--name", name, *stages],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+        return f"dvc exp save failed: {lines[-1].strip() if lines else proc.returncode}"
+    return ""
+
+
+def read_metrics(workspace: Path, files: Sequence[str]) -> dict[str, Any]:
+    """Top-level numbers of the point's metrics files, as ``FILE_STEM.KEY`` (train.train_loss)."""
+    found: dict[str, Any] = {}
+    for name in files:
+        path = workspace / name
+        try:
+            data = (
+                json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+            )
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    found[f"{path.stem}.{key}"] = value
+    return found

@@ -1,0 +1,123 @@
+"""Which DVC stages a sweep changes, and which it reuses: a plan made before submitting.
+
+A train-only grid must not rerun ``prepare`` once per point. The plan splits the
+pipeline in two: the *affected* stages (those that read a swept key, and every
+stage downstream of them) run in each point's workspace; the rest are brought up
+to date once, in the project, before the array is submitted, and each point's
+workspace links the outputs it needs from the shared DVC cache.
+
+``read_pipeline`` asks DVC's own index (so ``${...}`` templating, ``foreach`` and
+``.dvc`` files are resolved as DVC resolves them); ``plan`` is pure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+PARAMS_FILE = "params.yaml"
+
+
+@dataclass(frozen=True)
+class StageNode:
+    """One entry of DVC's index: a dvc.yaml stage, or a ``.dvc`` file (``source=True``)."""
+
+    name: str  # what `dvc repro`/`dvc checkout` accept: "train", "data/raw.dvc"
+    deps: tuple[str, ...]  # paths relative to the project root
+    outs: tuple[str, ...]
+    params: tuple[str, ...] | None = ()  # keys read from params.yaml; None: the whole file
+    metrics: tuple[str, ...] = ()  # the outs that are metrics files
+    source: bool = False
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    affected: tuple[str, ...]  # run in every point, in pipeline order
+    upstream: tuple[str, ...]  # reproduced once in the project before submission
+    checkout: tuple[str, ...]  # linked into each workspace from the cache (stages and .dvc files)
+    metrics: tuple[str, ...]  # metrics files the affected stages write
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Same path, or one inside the other (a stage that reads a whole output folder, or a file in it)."""
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+def _reads_key(node: StageNode, key: str) -> bool:
+    if node.params is None:
+        return True
+    return any(key == p or key.startswith(p + ".") or p.startswith(key + ".") for p in node.params)
+
+
+def producers(nodes: Sequence[StageNode], node: StageNode) -> list[StageNode]:
+    """The nodes whose outputs ``node`` reads."""
+    return [other for other in nodes if any(_overlaps(d, o) for d in node.deps for o in other.outs)]
+
+
+def plan(nodes: Sequence[StageNode], keys: Iterable[str]) -> SweepPlan:
+    """Split ``nodes`` (in DVC's order) for a sweep over the dotted ``keys`` of params.yaml."""
+    keys = list(keys)
+    affected: list[StageNode] = [n for n in nodes if not n.source and any(_reads_key(n, k) for k in keys)]
+    changed = True
+    while changed:  # close downstream: whatever reads an affected stage's output is affected too
+        changed = False
+        for node in nodes:
+            if node not in affected and any(p in affected for p in producers(nodes, node)):
+                affected.append(node)
+                changed = True
+    affected = [n for n in nodes if n in affected]  # pipeline order, whatever order they were found in
+    feeding = [p for n in affected for p in producers(nodes, n) if p not in affected]
+    feeding = list(dict.fromkeys(feeding))
+    return SweepPlan(
+        affected=tuple(n.name for n in _topological(affected)),
+        upstream=tuple(n.name for n in feeding if not n.source),
+        checkout=tuple(n.name for n in feeding) + tuple(n.name for n in affected),
+        metrics=tuple(m for n in affected for m in n.metrics),
+    )
+
+
+def _topological(nodes: list[StageNode]) -> list[StageNode]:
+    """Producers before consumers (DVC's index order is not guaranteed to be one)."""
+    done: list[StageNode] = []
+    pending = list(nodes)
+    while pending:
+        ready = [n for n in pending if all(p in done or p not in nodes for p in producers(nodes, n))]
+        if not ready:  # a cycle: DVC refuses those itself; keep the given order
+            return done + pending
+        done.extend(ready)
+        pending = [n for n in pending if n not in ready]
+    return done
+
+
+def read_pipeline(root: Path) -> list[StageNode]:
+    """The project's stages as DVC's index resolves them (runs in the launcher: no torch)."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    def rel(path: str) -> str:
+        return os.path.relpath(path, root).replace(os.sep, "/")
+
+    nodes = []
+    with Repo(str(root)) as repo:
+        for stage in repo.index.stages:
+            params: tuple[str, ...] | None = ()
+            deps = []
+            for dep in stage.deps:
+                if isinstance(dep, ParamsDependency):
+                    if rel(dep.fs_path) == PARAMS_FILE:
+                        params = tuple(dep.params) if dep.params else None
+                else:
+                    deps.append(rel(dep.fs_path))
+            nodes.append(
+                StageNode(
+                    name=stage.addressing,
+                    deps=tuple(deps),
+                    outs=tuple(rel(o.fs_path) for o in stage.outs),
+                    params=params,
+                    metrics=tuple(rel(o.fs_path) for o in stage.outs if o.metric),
+                    source=stage.is_data_source,
+                )
+            )
+    return nodes

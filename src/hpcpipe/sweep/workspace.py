@@ -1,0 +1,110 @@
+"""One workspace per sweep point: a git worktree that shares the project's DVC cache.
+
+Why worktrees: DVC takes one repo-wide lock (``.dvc/tmp/rwlock``) per workspace,
+so parallel ``dvc repro`` runs in one workspace fight over it, worse on shared
+filesystems (DVC issues 7419, 7029, 6097). A worktree has its own ``.dvc/tmp``
+and so its own lock, while its git objects and refs are the project's: an
+experiment saved in it shows up in the project's ``dvc exp show``.
+
+Each workspace is the project's HEAD plus the project's uncommitted changes to
+tracked files (as ``dvc exp run`` takes them), the project's current ``dvc.lock``
+(so stages the sweep does not change are seen as up to date) and its own
+params.yaml with the point applied. Its ``.dvc/config.local`` points at the
+project's cache, with links before copies, so outputs reused from upstream stages
+cost a link, not a copy.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hpcpipe.validation import ConfigError
+
+LINK_TYPES = "hardlink,symlink,copy"
+
+
+def git(root: Path, *args: str, stdin: bytes | None = None) -> bytes:
+    """Run git in ``root``; a failure becomes one ConfigError line with git's own message."""
+    proc = subprocess.run(["git", *args], cwd=root, input=stdin, capture_output=True)
+    if proc.returncode != 0:
+        why = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise ConfigError(f"git {' '.join(args[:2])} failed in {root}: {why[-1] if why else proc.returncode}")
+    return proc.stdout
+
+
+def base_commit(root: Path) -> str:
+    try:
+        return git(root, "rev-parse", "--verify", "HEAD^{commit}").decode().strip()
+    except ConfigError:
+        raise ConfigError(
+            "sweep: the project has no git commit; experiments are based on one: commit first"
+        ) from None
+
+
+def uncommitted_patch(root: Path) -> bytes:
+    """Staged and unstaged changes to tracked files, against HEAD."""
+    return git(root, "diff", "--binary", "HEAD")
+
+
+def untracked_files(root: Path) -> list[str]:
+    """Files the worktrees will not have (neither tracked nor ignored), to warn about."""
+    out = git(root, "ls-files", "--others", "--exclude-standard").decode()
+    return [line for line in out.splitlines() if line and not line.startswith(".hpcpipe/")]
+
+
+def dvc_cache_dir(root: Path) -> Path:
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return Path(repo.cache.local_cache_dir).resolve()
+
+
+def write_point_params(source: Path, target: Path, point: Mapping[str, Any], group: str | None) -> None:
+    """params.yaml with the point's dotted keys set (and ``wandb.group``), comments kept.
+
+    Round-trip YAML, as ``dvc exp run -S`` does, so ``dvc exp apply`` brings back the
+    user's file with only the swept values changed.
+    """
+    from ruamel.yaml import YAML
+
+    yaml = YAML()  # round-trip mode
+    doc = yaml.load(source.read_text())
+    for dotted, value in point.items():
+        *parents, leaf = dotted.split(".")
+        node = doc
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    if group is not None and isinstance(doc.get("wandb"), dict) and "group" in doc["wandb"]:
+        doc["wandb"]["group"] = group
+    with target.open("w") as handle:
+        yaml.dump(doc, handle)
+
+
+def create(
+    root: Path,
+    workspace: Path,
+    *,
+    commit: str,
+    patch: bytes,
+    cache_dir: Path,
+    point: Mapping[str, Any],
+    group: str | None,
+) -> None:
+    """Make ``workspace`` for one point (skipped if it exists: resume reuses it)."""
+    if workspace.exists():
+        return
+    workspace.parent.mkdir(parents=True, exist_ok=True)
+    git(root, "worktree", "add", "--detach", "--quiet", str(workspace), commit)
+    if patch:
+        git(workspace, "apply", "--binary", "--whitespace=nowarn", "-", stdin=patch)
+    if (root / "dvc.lock").exists():
+        shutil.copy2(root / "dvc.lock", workspace / "dvc.lock")
+    (workspace / ".dvc" / "config.local").write_text(
+        f"[cache]\n    dir = {cache_dir}\n    type = {LINK_TYPES}\n"
+    )
+    write_point_params(root / "params.yaml", workspace / "params.yaml", point, group)

@@ -1,0 +1,180 @@
+"""``hpcpipe sweep`` end to end: real dvc, real git worktrees, real jobs.
+
+Local sweeps run submitit's local executor; the array test runs on the real
+one-node Slurm test cluster (slurm/testcluster). W&B is the real library, offline.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpcpipe.sweep import record
+from hpcpipe.tracking.records import read_run
+from hpcpipe.tracking.run import segments
+from tests.conftest import git, run_cli, update_params
+from tests.integration.test_slurm_launcher import jobs_named, now
+
+
+def commit_all(root: Path) -> None:
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "project")
+
+
+def experiments(root: Path) -> dict[str, dict]:
+    """``dvc exp show --json``: experiment name -> {"params": {...}, "metrics": {...}} of the baseline."""
+    out = subprocess.run(
+        ["dvc", "exp", "show", "--json"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    found = {}
+    for baseline in json.loads(out):
+        for branch in baseline.get("experiments") or []:
+            for rev in branch["revs"]:
+                data = rev["data"]
+                params = data["params"]["params.yaml"]["data"]
+                metrics = {k: v["data"] for k, v in (data.get("metrics") or {}).items()}
+                found[rev["name"]] = {"params": params, "metrics": metrics}
+    return found
+
+
+def overlapping(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one moment."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    most = current = 0
+    for _, step in events:
+        current += step
+        most = max(most, current)
+    return most
+
+
+# --------------------------------------------------------------------------- bad input: nothing made
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["-S", "train.lr=fast,0.1"],
+            "point 1 (train.lr=fast): params.yaml: train.lr: expected a number > 0",
+        ),
+        (["-S", "train.nope=1,2"], "unknown key 'nope' in train"),
+        (["-S", "train.lr=interval(0,1)"], "interval() is not supported"),
+        (["-S", "wandb.project=a,b"], "no stage reads wandb.project"),
+        (["-S", "train.lr=0.1", "--detach"], "drop --detach, or use a Slurm profile"),
+        (["-S", "train.lr=0.1", "--parallelism", "0"], "--parallelism must be >= 1"),
+        (["-S", "train.lr=0.1", "--name", "a/b"], "sweep name 'a/b'"),
+        ([], "give at least one -S"),
+    ],
+)
+def test_bad_sweeps_are_one_line_and_submit_nothing(project: Path, args, message):
+    commit_all(project)
+    done = run_cli("sweep", *args, cwd=project)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (project / record.SWEEPS_DIR).exists() or not any((project / record.SWEEPS_DIR).iterdir())
+
+
+def test_status_of_an_unknown_sweep(project: Path):
+    done = run_cli("sweep", "status", "nope", cwd=project)
+    assert done.returncode == 2 and "no sweep named 'nope'" in done.stderr
+
+
+def test_a_sweep_needs_a_commit_to_base_experiments_on(project: Path):
+    done = run_cli("sweep", "-S", "train.lr=0.1,0.2", cwd=project)
+    assert done.returncode == 2 and "commit first" in done.stderr
+
+
+# --------------------------------------------------------------------------- local executor
+@pytest.mark.slow
+def test_local_sweep_runs_points_in_parallel_and_each_becomes_an_experiment(project: Path):
+    update_params(project, wandb={"enabled": True})
+    commit_all(project)
+    done = run_cli(
+        "sweep", "-S", "train.lr=0.1,0.05", "-S", "train.batch_size=16,32", "--parallelism", "2",
+        "--name", "grid", cwd=project,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "4 of 4 points saved as experiments" in done.stderr
+
+    found = experiments(project)
+    names = sorted(n for n in found if n.startswith("grid-"))
+    assert len(names) == 4, found.keys()
+    grid = {(found[n]["params"]["train"]["lr"], found[n]["params"]["train"]["batch_size"]) for n in names}
+    assert grid == {(0.1, 16), (0.1, 32), (0.05, 16), (0.05, 32)}
+    assert all("test_accuracy" in found[n]["metrics"]["metrics/evaluate.json"] for n in names)
+
+    sweep = record.load(project, "grid")
+    spans = []
+    for point in sweep.points:
+        attempt = point.attempts[-1]
+        result = Path(attempt.folder) / f"{attempt.job_id}_0_result.pkl"
+        spans.append((attempt.submitted_at, result.stat().st_mtime))
+        runs = list((project / point.workspace / "wandb").glob("*/segment-*"))
+        assert {read_run(segments(r.parent)[-1]).group for r in runs} == {"grid"}  # one W&B group
+    assert overlapping(spans) == 2  # in parallel, never more than --parallelism
+
+    applied = run_cli("sweep", "status", "grid", cwd=project)
+    assert applied.returncode == 0 and applied.stdout.count("COMPLETED") == 4
+    subprocess.run(["dvc", "exp", "apply", "grid-lr-0.1-batch_size-16"], cwd=project, check=True)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert (params["train"]["lr"], params["train"]["batch_size"]) == (0.1, 16)
+    assert (project / "models" / "model.pt").exists()  # from the shared cache
+
+
+# --------------------------------------------------------------------------- Slurm job array
+def wait_until_final(project: Path, name: str, timeout_s: float = 300) -> record.Sweep:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert run_cli("sweep", "status", name, cwd=project).returncode == 0
+        sweep = record.load(project, name)
+        if all(p.state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for p in sweep.points):
+            return sweep
+        time.sleep(2)
+    raise AssertionError(f"sweep {name} not over after {timeout_s} s: {[p.state for p in sweep.points]}")
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_sweep_is_one_array_prepare_runs_once_and_resume_reruns_only_the_failed(
+    project: Path, slurm_cluster, monkeypatch
+):
+    monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
+    commit_all(project)
+    since = now()
+    done = run_cli(
+        "sweep", "-S", "train.lr=0.1,0.05", "-S", "train.batch_size=16,32", "--parallelism", "2",
+        "--name", "arr", "--detach", cwd=project, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sweep = record.load(project, "arr")
+    # Break the last point's workspace while it waits behind the %2 limit: a missing
+    # stage dependency makes its `dvc repro` fail, as a lost file on scratch would.
+    broken = project / sweep.points[-1].workspace / "src" / "hpcpipe" / "stages" / "train.py"
+    broken.unlink()
+
+    sweep = wait_until_final(project, "arr")
+    assert [p.state for p in sweep.points] == ["COMPLETED", "COMPLETED", "COMPLETED", "FAILED"]
+    arrays = {p.attempts[-1].job_id.split("_")[0] for p in sweep.points}
+    assert len(arrays) == 1  # ONE sbatch
+    array = arrays.pop()
+    tasks = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", array, "-o", "JobID,State"], capture_output=True, text=True
+    ).stdout.split()
+    assert sorted(tasks) == [f"{array}_{i}|{s}" for i, s in enumerate(["COMPLETED"] * 3 + ["FAILED"])]
+    assert len(jobs_named("hpcpipe-prepare", since)) == 1  # prepare once, for every point
+    logs = "".join(p.read_text() for p in (project / record.SWEEPS_DIR / "arr" / "jobs").glob("*_log.out"))
+    assert "Running stage 'train'" in logs and "Running stage 'prepare'" not in logs
+    assert len([n for n in experiments(project) if n.startswith("arr-")]) == 3  # the others are kept
+
+    git(project / sweep.points[-1].workspace, "checkout", "--", "src/hpcpipe/stages/train.py")
+    resumed = run_cli("sweep", "resume", "arr", cwd=project, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resubmitting 1 of 4 points" in resumed.stderr
+    after = record.load(project, "arr")
+    assert [len(p.attempts) for p in after.points] == [1, 1, 1, 2]  # only the failed point again
+    assert after.points[-1].attempts[-1].job_id.split("_")[0] != array  # as a new array
+    assert len([n for n in experiments(project) if n.startswith("arr-")]) == 4
+    assert len(jobs_named("hpcpipe-prepare", since)) == 1
