@@ -21,7 +21,16 @@ from tests.support.slurm import slurm_cluster  # noqa: F401  (a fixture, shared 
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "cifar10-sample.tar.xz"
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", ".gitignore", ".dvcignore", "data/raw.dvc")
+PROJECT_FILES = (
+    "dvc.yaml",
+    "params.yaml",
+    "configs",
+    "src",
+    ".dvc/config",
+    ".gitignore",
+    ".dvcignore",
+    "data/raw.dvc",
+)
 
 
 def git(cwd: Path, *args: str) -> str:
