@@ -38,7 +38,7 @@ import nbformat  # noqa: E402
 
 
 def test_committed_notebook_has_no_outputs():
-    """Outputs stay out of git (images, timings): strip with `jupyter nbconvert --clear-output --inplace`."""
+    """Outputs stay out of git (images, timings, widget state): strip with `nbstripout`."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
     dirty = [
@@ -46,8 +46,8 @@ def test_committed_notebook_has_no_outputs():
         for i, cell in enumerate(nb.cells)
         if cell.cell_type == "code" and (cell.outputs or cell.execution_count)
     ]
-    assert not dirty, f"cells {dirty} of {NOTEBOOK.name} have outputs or execution counts"
-    assert "widgets" not in nb.metadata, "widget state saved in the notebook's metadata"
+    assert not dirty, f"cells {dirty} have outputs or execution counts: nbstripout {NOTEBOOK}"
+    assert "widgets" not in nb.metadata, f"widget state saved in the notebook: nbstripout {NOTEBOOK}"
 
 
 def with_parameters(nb, **values) -> None:
