@@ -13,10 +13,10 @@ from hpcpipe.launch.slurm_state import parse_array
 from hpcpipe.sweep import record
 from hpcpipe.sweep.pipeline import StageNode, plan
 from hpcpipe.sweep.task import task_env
-from hpcpipe.sweep.workspace import write_point_params
+from hpcpipe.sweep.workspace import load_round_trip, write_point_params
 from hpcpipe.validation import ConfigError
 
-# The example project's pipeline as DVC's index gives it (see read_pipeline).
+# The example project's pipeline as DVC's index gives it (see DvcProject.nodes).
 RAW = StageNode("data/raw.dvc", deps=(), outs=("data/raw",), source=True)
 PREPARE = StageNode(
     "prepare", deps=("data/raw", "src/prepare.py"), outs=("data/prepared",), params=("data", "prepare")
@@ -57,6 +57,16 @@ def test_an_evaluate_grid_leaves_train_upstream():
     got = plan(PIPELINE, ["evaluate.batch_size"])
     assert got.affected == ("evaluate",)
     assert got.upstream == ("prepare", "train")
+    assert got.reused == ("prepare", "train")
+
+
+def test_every_stage_above_the_affected_ones_is_checked_not_only_the_nearest():
+    first = StageNode("first", deps=(), outs=("a",))
+    second = StageNode("second", deps=("a",), outs=("b",))
+    swept = StageNode("swept", deps=("b",), outs=("c",), params=("train",))
+    got = plan([first, second, swept], ["train.lr"])
+    assert got.upstream == ("second",)  # `dvc repro second` runs first too, if needed
+    assert got.reused == ("first", "second")
 
 
 def test_keys_match_sections_and_subkeys_both_ways():
@@ -167,11 +177,13 @@ def test_point_params_keep_comments_and_set_the_wandb_group(tmp_path: Path):
         "# top comment\ntrain:\n  lr: 0.05  # peak\n  epochs: 40\nwandb:\n  enabled: false\n  group: null\n"
     )
     target = tmp_path / "point.yaml"
-    write_point_params(source, target, {"train.lr": 0.1, "train.epochs": 10}, group="mysweep")
+    base = load_round_trip(source)
+    write_point_params(base, target, {"train.lr": 0.1, "train.epochs": 10}, group="mysweep")
     text = target.read_text()
     assert "# top comment" in text and "# peak" in text
     assert "lr: 0.1" in text and "epochs: 10" in text and "group: mysweep" in text
     assert "lr: 0.05" in source.read_text()  # the project's file is untouched
+    assert base["train"]["lr"] == 0.05  # and so is the document every point starts from
 
 
 def test_the_task_runs_stages_inline_with_the_workspaces_code(tmp_path: Path):

@@ -6,7 +6,7 @@ stage downstream of them) run in each point's workspace; the rest are brought up
 to date once, in the project, before the array is submitted, and each point's
 workspace links the outputs it needs from the shared DVC cache.
 
-``read_pipeline`` asks DVC's own index (so ``${...}`` templating, ``foreach`` and
+``DvcProject`` asks DVC's own index (so ``${...}`` templating, ``foreach`` and
 ``.dvc`` files are resolved as DVC resolves them); ``plan`` is pure.
 """
 
@@ -36,6 +36,7 @@ class StageNode:
 class SweepPlan:
     affected: tuple[str, ...]  # run in every point, in pipeline order
     upstream: tuple[str, ...]  # reproduced once in the project before submission
+    reused: tuple[str, ...]  # every stage above the affected ones: checked for changes first
     checkout: tuple[str, ...]  # linked into each workspace from the cache (stages and .dvc files)
     metrics: tuple[str, ...]  # metrics files the affected stages write
 
@@ -70,9 +71,17 @@ def plan(nodes: Sequence[StageNode], keys: Iterable[str]) -> SweepPlan:
     affected = [n for n in nodes if n in affected]  # pipeline order, whatever order they were found in
     feeding = [p for n in affected for p in producers(nodes, n) if p not in affected]
     feeding = list(dict.fromkeys(feeding))
+    above: list[StageNode] = []
+    todo = list(feeding)
+    while todo:
+        node = todo.pop()
+        if node not in above:
+            above.append(node)
+            todo.extend(producers(nodes, node))
     return SweepPlan(
         affected=tuple(n.name for n in _topological(affected)),
         upstream=tuple(n.name for n in feeding if not n.source),
+        reused=tuple(n.name for n in nodes if n in above and not n.source),
         checkout=tuple(n.name for n in feeding) + tuple(n.name for n in affected),
         metrics=tuple(m for n in affected for m in n.metrics),
     )
@@ -91,33 +100,61 @@ def _topological(nodes: list[StageNode]) -> list[StageNode]:
     return done
 
 
-def read_pipeline(root: Path) -> list[StageNode]:
-    """The project's stages as DVC's index resolves them (runs in the launcher: no torch)."""
-    from dvc.dependency.param import ParamsDependency
-    from dvc.repo import Repo
+class DvcProject:
+    """The project as DVC's index resolves it, opened once per sweep command.
 
-    def rel(path: str) -> str:
-        return os.path.relpath(path, root).replace(os.sep, "/")
+    One open repo answers every question the login node has (stages, cache folder,
+    whether the reused stages are up to date): each fresh ``dvc`` process would cost
+    a second or more of start-up and index building before the sweep is queued.
+    """
 
-    nodes = []
-    with Repo(str(root)) as repo:
-        for stage in repo.index.stages:
+    def __init__(self, root: Path) -> None:
+        from dvc.repo import Repo
+
+        self.root = root
+        self.repo = Repo(str(root))
+
+    def __enter__(self) -> DvcProject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.repo.close()
+
+    def _rel(self, path: str) -> str:
+        return os.path.relpath(path, self.root).replace(os.sep, "/")
+
+    def nodes(self) -> list[StageNode]:
+        from dvc.dependency.param import ParamsDependency
+
+        nodes = []
+        for stage in self.repo.index.stages:
             params: tuple[str, ...] | None = ()
             deps = []
             for dep in stage.deps:
                 if isinstance(dep, ParamsDependency):
-                    if rel(dep.fs_path) == PARAMS_FILE:
+                    if self._rel(dep.fs_path) == PARAMS_FILE:
                         params = tuple(dep.params) if dep.params else None
                 else:
-                    deps.append(rel(dep.fs_path))
+                    deps.append(self._rel(dep.fs_path))
             nodes.append(
                 StageNode(
                     name=stage.addressing,
                     deps=tuple(deps),
-                    outs=tuple(rel(o.fs_path) for o in stage.outs),
+                    outs=tuple(self._rel(o.fs_path) for o in stage.outs),
                     params=params,
-                    metrics=tuple(rel(o.fs_path) for o in stage.outs if o.metric),
+                    metrics=tuple(self._rel(o.fs_path) for o in stage.outs if o.metric),
                     source=stage.is_data_source,
                 )
             )
-    return nodes
+        return nodes
+
+    def cache_dir(self) -> Path:
+        return Path(self.repo.cache.local_cache_dir).resolve()
+
+    def changed(self, stages: Sequence[str]) -> bool:
+        """Whether any of ``stages`` is out of date (``dvc status``, in-process).
+
+        Each stage alone (``with_deps=False``): the caller lists every stage it reuses,
+        and DVC's with_deps walk would hash a large raw-data folder once per route to it.
+        """
+        return any(self.repo.status(targets=[stage], with_deps=False) for stage in stages)

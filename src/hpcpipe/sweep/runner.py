@@ -36,7 +36,7 @@ from hpcpipe.launch.watch import outcome_from_result, state_of
 from hpcpipe.sweep import record, workspace
 from hpcpipe.sweep.experiments import read_metrics, save_experiment
 from hpcpipe.sweep.grid import describe, expand_grid, point_name, random_subset, validate_points
-from hpcpipe.sweep.pipeline import plan, read_pipeline
+from hpcpipe.sweep.pipeline import DvcProject, plan
 from hpcpipe.sweep.record import Attempt, Point, Sweep
 from hpcpipe.validation import ConfigError
 
@@ -76,18 +76,22 @@ def start(root: Path, request: SweepRequest) -> int:
     _check_profile(profile, request.detach)
     parallelism = _parallelism(request.parallelism, profile, len(points))
     keys = [key for point in points[:1] for key in point]
-    nodes = read_pipeline(root)
-    sweep_plan = plan(nodes, keys)
-    if not sweep_plan.affected:
-        raise ConfigError(
-            f"sweep: no stage reads {', '.join(keys) or 'the swept keys'}; points would not differ"
-        )
-    commit = workspace.base_commit(root)
-    outputs = {out for node in nodes for out in node.outs}
-    missing = [f for f in workspace.untracked_files(root) if not any(_inside(f, out) for out in outputs)]
-    if missing:
-        say(f"not in the points' workspaces (untracked; git add them to include): {', '.join(missing[:5])}")
-    if sweep_plan.upstream:
+    with DvcProject(root) as project:
+        nodes = project.nodes()
+        sweep_plan = plan(nodes, keys)
+        if not sweep_plan.affected:
+            raise ConfigError(
+                f"sweep: no stage reads {', '.join(keys) or 'the swept keys'}; points would not differ"
+            )
+        commit = workspace.base_commit(root)
+        outputs = {out for node in nodes for out in node.outs}
+        missing = [f for f in workspace.untracked_files(root) if not any(_inside(f, o) for o in outputs)]
+        if missing:
+            listed = ", ".join(missing[:5])
+            say(f"not in the points' workspaces (untracked; git add them to include): {listed}")
+        stale = project.changed(sweep_plan.reused)
+        cache_dir = project.cache_dir()
+    if stale:
         say(f"sweep {name}: bringing {', '.join(sweep_plan.upstream)} up to date once, for every point")
         from hpcpipe.launch.driver import repro_in_foreground
 
@@ -106,18 +110,7 @@ def start(root: Path, request: SweepRequest) -> int:
         parallelism=parallelism,
         points=_points(name, points),
     )
-    patch = workspace.uncommitted_patch(root)
-    cache_dir = workspace.dvc_cache_dir(root)
-    for point in sweep.points:
-        workspace.create(
-            root,
-            root / point.workspace,
-            commit=commit,
-            patch=patch,
-            cache_dir=cache_dir,
-            point=point.overrides,
-            group=name,
-        )
+    _make_workspaces(root, sweep, commit, cache_dir)
     record.save(root, sweep)
     return _run(root, sweep, profile, sweep.points, request.detach)
 
@@ -140,6 +133,29 @@ def resume(root: Path, name: str, parallelism: int | None, detach: bool) -> int:
     for point in todo:
         point.state, point.error = "NEW", ""
     return _run(root, sweep, profile, todo, detach)
+
+
+def _make_workspaces(root: Path, sweep: Sweep, commit: str, cache_dir: Path) -> None:
+    """One worktree per point; a few at a time, since each is mostly waiting on git."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    patch = workspace.uncommitted_patch(root)
+    params = workspace.load_round_trip(root / "params.yaml")
+
+    def make(point: Point) -> None:
+        workspace.create(
+            root,
+            root / point.workspace,
+            commit=commit,
+            patch=patch,
+            cache_dir=cache_dir,
+            params=params,
+            point=point.overrides,
+            group=sweep.name,
+        )
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(make, sweep.points))  # list(): re-raise the first failure here
 
 
 def _inside(path: str, folder: str) -> bool:

@@ -16,6 +16,7 @@ cost a link, not a copy.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -56,23 +57,24 @@ def untracked_files(root: Path) -> list[str]:
     return [line for line in out.splitlines() if line and not line.startswith(".hpcpipe/")]
 
 
-def dvc_cache_dir(root: Path) -> Path:
-    from dvc.repo import Repo
+def load_round_trip(path: Path) -> Any:
+    """params.yaml as ruamel's round-trip document: values, comments and layout."""
+    from ruamel.yaml import YAML
 
-    with Repo(str(root)) as repo:
-        return Path(repo.cache.local_cache_dir).resolve()
+    return YAML().load(path.read_text())
 
 
-def write_point_params(source: Path, target: Path, point: Mapping[str, Any], group: str | None) -> None:
+def write_point_params(base: Any, target: Path, point: Mapping[str, Any], group: str | None) -> None:
     """params.yaml with the point's dotted keys set (and ``wandb.group``), comments kept.
 
-    Round-trip YAML, as ``dvc exp run -S`` does, so ``dvc exp apply`` brings back the
-    user's file with only the swept values changed.
+    ``base`` is ``load_round_trip``'s document, parsed once for all points. Round-trip
+    YAML, as ``dvc exp run -S`` writes, so ``dvc exp apply`` brings back the user's file
+    with only the swept values changed.
     """
     from ruamel.yaml import YAML
 
-    yaml = YAML()  # round-trip mode
-    doc = yaml.load(source.read_text())
+    yaml = YAML()
+    doc = copy.deepcopy(base)
     for dotted, value in point.items():
         *parents, leaf = dotted.split(".")
         node = doc
@@ -92,6 +94,7 @@ def create(
     commit: str,
     patch: bytes,
     cache_dir: Path,
+    params: Any,
     point: Mapping[str, Any],
     group: str | None,
 ) -> None:
@@ -107,4 +110,4 @@ def create(
     (workspace / ".dvc" / "config.local").write_text(
         f"[cache]\n    dir = {cache_dir}\n    type = {LINK_TYPES}\n"
     )
-    write_point_params(root / "params.yaml", workspace / "params.yaml", point, group)
+    write_point_params(params, workspace / "params.yaml", point, group)

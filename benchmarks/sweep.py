@@ -1,0 +1,173 @@
+"""A 16-point sweep: ``hpcpipe sweep`` (one job array on the test cluster) against DVC's
+own queue (``dvc exp run --queue`` + ``dvc queue start -j 2``), same grid, same machine.
+
+    bash slurm/testcluster/install && python benchmarks/sweep.py [--points 16]
+
+Both sides get a fresh copy of the example project (the committed CIFAR-10 sample,
+shrunk params: 300 training images, 1 epoch, so each point is a short train +
+evaluate), with ``prepare`` already reproduced and committed, and run the same grid
+over train.lr x train.batch_size, two points at a time, one math thread per point.
+
+Measured, in one invocation:
+  submit  hpcpipe: command start -> the array is queued (the "submitted as" line);
+          DVC: the whole ``dvc exp run --queue -S ... -S ...`` call.
+  wall    command start -> every point saved as a DVC experiment (hpcpipe waits and
+          saves them; DVC: queue, start 2 workers, poll ``dvc queue status`` until none
+          is queued or running).
+Targets (issue 5): hpcpipe's submit < 2 s; its wall time no worse than DVC's queue.
+Prints a Markdown block to paste into benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from launch_overhead import REPO, start_cluster
+
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", ".gitignore", ".dvcignore")
+SAMPLE = REPO / "tests" / "data" / "cifar10-sample.tar.xz"
+LRS = ("0.1", "0.05", "0.02", "0.01", "0.005", "0.002", "0.001", "0.0005")
+BATCHES = ("16", "32", "48", "64")
+
+
+def grid(points: int) -> list[str]:
+    """-S arguments for ``points`` = 4 batch sizes x points/4 learning rates."""
+    return [
+        "-S",
+        f"train.lr={','.join(LRS[: points // len(BATCHES)])}",
+        "-S",
+        f"train.batch_size={','.join(BATCHES)}",
+    ]
+
+
+def sh(*command: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def make_project(root: Path, raw: Path, env: dict[str, str]) -> None:
+    """The example project, shrunk; prepare reproduced and everything committed."""
+    import yaml
+
+    for name in PROJECT_FILES:
+        src, dst = REPO / name, root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dst)
+    shutil.copytree(raw, root / "data" / "raw", copy_function=os.link)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["prepare"].update(train_size=300, test_size=100)
+    params["train"].update(epochs=1, batch_size=32)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("git", "init", "-q", "-b", "main", cwd=root)
+    sh("dvc", "add", "-q", "data/raw", cwd=root, env=env)
+    sh("dvc", "repro", "prepare", cwd=root, env={**env, "HPCPIPE_CLUSTER": "inline"})
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "commit", "-q", "-m", "project", cwd=root, env=env)
+
+
+def experiments(root: Path) -> int:
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=root))
+    return sum(len(b["revs"]) for base in shown for b in (base.get("experiments") or []))
+
+
+def run_hpcpipe(root: Path, points: int, env: dict[str, str]) -> dict[str, float]:
+    command = ["hpcpipe", "sweep", *grid(points), "--parallelism", "2", "--name", "bench"]
+    began = time.perf_counter()
+    proc = subprocess.Popen(
+        command, cwd=root, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    submitted = None
+    for line in proc.stderr:
+        if submitted is None and "submitted as" in line:
+            submitted = time.perf_counter() - began
+    if proc.wait() != 0 or submitted is None:
+        raise RuntimeError(f"hpcpipe sweep failed ({proc.returncode})")
+    wall = time.perf_counter() - began
+    assert experiments(root) == points, "hpcpipe: not every point became an experiment"
+    return {"submit": submitted, "wall": wall}
+
+
+def run_dvc_queue(root: Path, points: int, env: dict[str, str]) -> dict[str, float]:
+    env = {**env, "HPCPIPE_CLUSTER": "inline"}  # DVC's workers run each stage on this machine
+    began = time.perf_counter()
+    sh("dvc", "exp", "run", "--queue", *grid(points), cwd=root, env=env)
+    submitted = time.perf_counter() - began
+    sh("dvc", "queue", "start", "-j", "2", cwd=root, env=env)
+    while True:
+        status = sh("dvc", "queue", "status", cwd=root, env=env)
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(1)
+    wall = time.perf_counter() - began
+    sh("dvc", "queue", "stop", cwd=root, env=env)
+    if "Failed" in status:
+        raise RuntimeError(f"dvc queue: a point failed:\n{status}")
+    assert experiments(root) == points, "dvc queue: not every point became an experiment"
+    return {"submit": submitted, "wall": wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--points", type=int, default=16, choices=(4, 8, 16, 32))
+    args = parser.parse_args()
+    os.environ["SLURM_CONF"], started = start_cluster()
+    env = {
+        **os.environ,
+        "HPCPIPE_CLUSTER": "testcluster",
+        "OMP_NUM_THREADS": "1",  # both sides: one math thread per point, two points at a time
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+    }
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            with tarfile.open(SAMPLE) as archive:
+                archive.extractall(tmp, filter="data")
+            ours_root, theirs_root = Path(tmp) / "hpcpipe", Path(tmp) / "dvcqueue"
+            for root in (ours_root, theirs_root):
+                root.mkdir()
+                make_project(root, Path(tmp) / "raw", env)
+            ours = run_hpcpipe(ours_root, args.points, env)
+            theirs = run_dvc_queue(theirs_root, args.points, env)
+    finally:
+        if started:
+            subprocess.run(["bash", str(REPO / "slurm/testcluster/stop")], capture_output=True, check=False)
+    report(ours, theirs, args.points)
+
+
+def report(ours: dict[str, float], theirs: dict[str, float], points: int) -> None:
+    load = os.getloadavg()[0]
+    print(f"## sweep ({time.strftime('%Y-%m-%d')}, {platform.node() or 'vm'}, {os.cpu_count()} CPUs)")
+    print(f"command: python benchmarks/sweep.py --points {points}  (load average at the end: {load:.1f})")
+    print()
+    print("| measure | hpcpipe sweep (job array) | dvc exp run --queue + queue start -j 2 | ratio | target |")
+    print("| --- | --- | --- | --- | --- |")
+    print(
+        f"| submit {points} points (s) | {ours['submit']:.2f} | {theirs['submit']:.2f} | "
+        f"{ours['submit'] / theirs['submit']:.2f} | hpcpipe < 2 s |"
+    )
+    print(
+        f"| all {points} points saved as experiments (s) | {ours['wall']:.1f} | {theirs['wall']:.1f} | "
+        f"{ours['wall'] / theirs['wall']:.2f} | <= 1.0 |"
+    )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
