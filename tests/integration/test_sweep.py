@@ -7,6 +7,7 @@ one-node Slurm test cluster (slurm/testcluster). W&B is the real library, offlin
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -178,3 +179,30 @@ def test_slurm_sweep_is_one_array_prepare_runs_once_and_resume_reruns_only_the_f
     assert after.points[-1].attempts[-1].job_id.split("_")[0] != array  # as a new array
     assert len([n for n in experiments(project) if n.startswith("arr-")]) == 4
     assert len(jobs_named("hpcpipe-prepare", since)) == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_running_point_and_keeps_the_rest_resumable(project: Path):
+    commit_all(project)
+    sweep = subprocess.Popen(
+        ["hpcpipe", "sweep", "-S", "train.lr=0.1,0.05,0.02", "--parallelism", "1", "--name", "stop"],
+        cwd=project,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    path = project / record.SWEEPS_DIR / "stop" / record.RECORD_FILE
+    deadline = time.monotonic() + 120
+    while not (path.exists() and "RUNNING" in path.read_text()):
+        assert time.monotonic() < deadline and sweep.poll() is None, "the sweep never started a point"
+        time.sleep(0.2)
+    sweep.send_signal(signal.SIGINT)
+    _, err = sweep.communicate(timeout=60)
+    assert sweep.returncode == 130, err
+    assert "hpcpipe sweep resume stop" in err
+    states = [p.state for p in record.load(project, "stop").points]
+    assert states == ["CANCELLED", "WAITING", "WAITING"], states
+    pid = int(record.load(project, "stop").points[0].attempts[-1].job_id)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+        assert time.monotonic() < deadline, "the cancelled point's process is still running"
+        time.sleep(0.2)

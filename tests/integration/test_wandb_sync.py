@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +189,14 @@ def test_watch_keeps_syncing_until_ctrl_c(project, fake_wandb, monkeypatch, caps
     assert code == 0 and out[0].startswith("synced train-")
     assert out[-2:] == ["synced 1, failed 0, skipped 0", "stopped watching"]
     assert len(calls(fake_wandb)) == 1  # three passes, one upload
+
+
+def test_sync_also_finds_the_runs_of_sweep_points(project, fake_wandb, monkeypatch, capsys):
+    """Sweep points run in their own worktrees, so their offline runs live there."""
+    point = project / ".hpcpipe" / "sweeps" / "lr" / "points" / "001-lr-0.1"
+    shutil.copytree(project, point, ignore=shutil.ignore_patterns(".hpcpipe", "data"))
+    in_point = write_run(point, "train", "21", range(1, 2), monkeypatch)
+    in_project = write_run(project, "train", "22", range(1, 2), monkeypatch)
+    code, out = sync(capsys=capsys)
+    assert code == 0 and out[-1] == "synced 2, failed 0, skipped 0"
+    assert sorted(calls(fake_wandb)) == sorted(f"sync {segments(f)[-1]}" for f in (in_point, in_project))
