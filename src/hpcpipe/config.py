@@ -157,6 +157,9 @@ class Profile:
     # W&B in jobs is offline (no compute node waits on the network) unless the site's
     # nodes can reach the W&B server; then runs stream live and `hpcpipe sync` is not needed.
     wandb_online: bool = False
+    # How often a job cut by its time limit is requeued to resume from its checkpoint
+    # (submitit's max_num_timeout; preemptions do not count). A run of N time limits needs N - 1.
+    max_timeouts: int = non_negative(default=10)
     defaults: Resources = field(default_factory=Resources)
     stages: dict[str, Resources] = field(default_factory=dict)
 

@@ -131,3 +131,15 @@ def test_run_stage_is_checkpointable_for_submitit():
     assert delayed.function is job.run_stage and delayed.args == args
     # submitit pickles the callable into the job folder; it must travel by reference
     assert pickle.loads(pickle.dumps(job.run_stage)).__class__ is job.StageRunner
+
+
+def test_the_profile_sets_how_often_a_timed_out_job_is_requeued(tmp_path):
+    import dataclasses
+
+    from hpcpipe.config import load_profile
+    from hpcpipe.launch.executors import make_executor
+
+    shipped = load_profile("testcluster", REPO)
+    assert shipped.max_timeouts == 10  # submitit's own default, 3, fails a run of 5 time limits
+    executor = make_executor(dataclasses.replace(shipped, max_timeouts=7), "train", tmp_path)
+    assert executor.max_num_timeout == 7
