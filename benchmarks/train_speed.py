@@ -325,9 +325,8 @@ PARTS = {"a": part_a, "b": part_b, "c": part_c, "d": part_d}
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("parts", nargs="+", choices=[*PARTS, "all"])
-    parser.add_argument(
-        "--data", type=Path, default=REPO / ".bench-data", help="train/ and test/ class folders"
-    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="train/ and test/ class folders")
+    parser.add_argument("--cache", type=Path, help="decoded tensors (default: .bench-data/tensors.pt there)")
     parser.add_argument(
         "--limit", type=int, default=0, help="keep this many training images (smoke runs); 0 = all"
     )
