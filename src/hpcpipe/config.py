@@ -28,7 +28,8 @@ from hpcpipe.validation import ConfigError, build, non_negative, one_of, positiv
 
 PARAMS_FILE = "params.yaml"
 PROFILE_DIR = Path("configs") / "cluster"
-MODELS = ("tutorial", "resnet18")
+MODELS = ("tutorial", "resnet18", "fast")
+SCHEDULES = ("cosine", "triangle")
 DATA_SOURCES = ("cifar10", "imagefolder")
 EXECUTORS = ("local", "slurm", "inline")
 # Where Slurm clients find their configuration when $SLURM_CONF is unset (the
@@ -57,6 +58,9 @@ class PrepareParams:
 
 @dataclass(frozen=True)
 class TrainParams:
+    """The training recipe. The keys after ``augment`` are the ``fast`` recipe's techniques
+    (see ``hpcpipe.ml.fast``); their defaults leave the plain recipe as it was."""
+
     model: str = one_of(*MODELS)
     epochs: int = positive()
     batch_size: int = positive()
@@ -65,6 +69,13 @@ class TrainParams:
     momentum: float = rule(lambda v: 0 <= v < 1, "a number in [0, 1)", default=0.9)
     weight_decay: float = non_negative(default=5e-4)
     augment: bool = True
+    translate: int = rule(lambda v: 0 <= v <= 8, "an integer in [0, 8]", default=4)  # crop padding
+    alternating_flip: bool = False
+    schedule: str = one_of(*SCHEDULES, default="cosine")
+    bias_lr_scale: float = positive(default=1.0)
+    label_smoothing: float = rule(lambda v: 0 <= v < 1, "a number in [0, 1)", default=0.0)
+    lookahead: bool = False
+    width: float = rule(lambda v: 0 < v <= 4, "a number in (0, 4]", default=1.0)  # fast's channel multiplier
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,9 @@ class Profile:
     # W&B in jobs is offline (no compute node waits on the network) unless the site's
     # nodes can reach the W&B server; then runs stream live and `hpcpipe sync` is not needed.
     wandb_online: bool = False
+    # How often a job cut by its time limit is requeued to resume from its checkpoint
+    # (submitit's max_num_timeout; preemptions do not count). A run of N time limits needs N - 1.
+    max_timeouts: int = non_negative(default=10)
     defaults: Resources = field(default_factory=Resources)
     stages: dict[str, Resources] = field(default_factory=dict)
 

@@ -60,3 +60,22 @@ def sleep_briefly(params, *, source: Path, result: Path, report: Path) -> dict:
     result.write_text("done")
     report.mkdir()
     return {}
+
+
+def count_to_three(params, *, source: Path, result: Path, report: Path, checkpoint: Path) -> dict:
+    """A resumable stage: counts to 3, saving its count in ``checkpoint`` after each step.
+
+    Stops with an error after the step named by ``stop-after.txt`` (in the project), as
+    if the job were killed there; a rerun resumes from the saved count.
+    """
+    done = int(checkpoint.read_text()) if checkpoint.exists() else 0
+    stop = Path("stop-after.txt")
+    for step in range(done + 1, 4):
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_text(str(step))
+        if stop.exists() and stop.read_text().strip() == str(step):
+            stop.unlink()
+            raise RuntimeError(f"stopped after step {step}")
+    result.write_text(f"resumed after {done}")
+    report.mkdir()
+    return {"resumed_after": done}

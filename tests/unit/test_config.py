@@ -27,7 +27,7 @@ def write_params(tmp_path: Path, **changes: dict) -> Path:
 
 def test_the_projects_params_load_into_frozen_sections():
     params = load_params(REPO / "params.yaml")
-    assert params.train.model in ("tutorial", "resnet18")
+    assert params.train.model in ("tutorial", "resnet18", "fast")
     assert isinstance(params.train.lr, float)
     with pytest.raises(AttributeError):
         params.train.lr = 1.0  # type: ignore[misc]

@@ -12,7 +12,7 @@ from torch import nn
 from hpcpipe.ml.data import load_split, read_manifest
 from hpcpipe.ml.loader import BatchLoader
 from hpcpipe.ml.models import build_model
-from hpcpipe.ml.training import fit, lr_at, make_optimizer, predict
+from hpcpipe.ml.training import fit, lr_at, make_optimizer, predict, sgd_plan
 
 CPU = torch.device("cpu")
 
@@ -72,16 +72,8 @@ def test_tutorial_model_learns_above_chance_on_real_images(prepared_sample: Path
     torch.manual_seed(0)
     model = build_model("tutorial")
     seen = []
-    history = fit(
-        model,
-        train_loader,
-        epochs=4,
-        lr=0.05,
-        momentum=0.9,
-        weight_decay=5e-4,
-        device=CPU,
-        on_epoch=seen.append,
-    )
+    plan = sgd_plan(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    history = fit(model, train_loader, plan, epochs=4, device=CPU, on_epoch=seen.append)
     assert seen == history and [s.epoch for s in history] == [1, 2, 3, 4]
     assert history[-1].loss < history[0].loss
     assert history[-1].lr < 1e-3

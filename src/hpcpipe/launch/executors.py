@@ -71,6 +71,6 @@ def make_executor(profile: Profile, stage: str, folder: Path) -> Any:
     import submitit
 
     kind = submitit.SlurmExecutor if profile.executor == "slurm" else submitit.LocalExecutor
-    executor = kind(folder=folder)
+    executor = kind(folder=folder, max_num_timeout=profile.max_timeouts)
     executor.update_parameters(**executor_parameters(profile, stage))
     return executor

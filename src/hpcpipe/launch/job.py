@@ -13,6 +13,17 @@ which the next run of the stage removes).
 With a ``RunContext`` (what the launcher resolved: fingerprint, profile, resources)
 the stage runs inside its W&B run (``tracking.start_run``), so stage functions keep
 their launch-agnostic signature and log through ``hpcpipe.tracking``.
+
+Requeue (preemption, time limit): ``run_stage`` is a submitit *checkpointable*
+callable. Slurm warns the job (``--signal USR2@N``, see ``profiles.signal_delay_s``);
+submitit's handler calls ``run_stage.checkpoint``, which resubmits the same call,
+requeues the job (``scontrol requeue``, same job id) and exits. The state itself is
+not saved from the signal handler: a resumable stage (train) already saves its
+whole state after every epoch to a checkpoint file beside its job folder, named by
+the stage fingerprint, so a requeue for any reason (also ``scontrol requeue`` by an
+admin, which sends no warning) resumes after the last finished epoch, and a changed
+input, param or code never resumes a stale one. The file is removed once the
+stage's outputs are published.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from hpcpipe.stages import StageSpec
 from hpcpipe.tracking import RunContext, start_run
 
 TMP_MARK = ".tmp-"
+CHECKPOINT_DIR = Path(".hpcpipe") / "checkpoints"  # relative to the project, when not in a submitit job
 
 
 def import_target(target: str) -> Any:
@@ -72,7 +84,70 @@ def publish(staged: Path, final: Path) -> None:
         os.replace(staged, final)
 
 
-def run_stage(
+def checkpoint_folder(workdir: str) -> Path:
+    """Where a resumable stage keeps its checkpoint: its submitit job folder (on the
+    shared filesystem, kept across requeues), else ``.hpcpipe/checkpoints`` in the project."""
+    try:
+        import submitit
+
+        return Path(submitit.JobEnvironment().paths.folder)
+    except RuntimeError:  # not inside a submitit job (inline executor, a direct call)
+        return Path(workdir) / CHECKPOINT_DIR
+
+
+def checkpoint_file(spec: StageSpec, params: Params, paths: Mapping[str, str], workdir: str, fp: str) -> Path:
+    """The stage's checkpoint for fingerprint ``fp``; checkpoints of other fingerprints are removed."""
+    folder = checkpoint_folder(workdir)
+    path = folder / f"checkpoint-{spec.name}-{fp}.pt"
+    for stale in folder.glob(f"checkpoint-{spec.name}-*.pt"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    return path
+
+
+def _fingerprint(
+    spec: StageSpec, params: Params, paths: Mapping[str, str], workdir: str, context: RunContext | None
+) -> str:
+    if context is not None:
+        return context.fingerprint  # fixed at submission: the same in every requeued attempt
+    from hpcpipe.launch.ledger import fingerprint
+
+    return fingerprint(spec, params, paths, Path(workdir))
+
+
+class StageRunner:
+    """The callable the launcher submits (``run_stage``), checkpointable in submitit's sense.
+
+    submitit pickles it by reference to this module; its ``checkpoint`` method is what
+    makes submitit requeue the job at the time-limit or preemption signal instead of
+    failing it.
+    """
+
+    def __call__(
+        self,
+        spec: StageSpec,
+        params: Params,
+        paths: Mapping[str, str],
+        workdir: str,
+        context: RunContext | None = None,
+    ) -> dict[str, Any]:
+        return _run_stage(spec, params, paths, workdir, context)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Called by submitit's signal handler: run the same call again after the requeue.
+
+        Nothing is saved here: the stage's own per-epoch checkpoint is what the next
+        attempt resumes from (see the module docstring).
+        """
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, *args, **kwargs)
+
+
+run_stage = StageRunner()
+
+
+def _run_stage(
     spec: StageSpec,
     params: Params,
     paths: Mapping[str, str],
@@ -99,11 +174,18 @@ def run_stage(
             kwargs[role] = staged[role]
         else:
             kwargs[role] = final
+    checkpoint: Path | None = None
+    if spec.resumable:
+        checkpoint = checkpoint_file(
+            spec, params, paths, workdir, _fingerprint(spec, params, paths, workdir, context)
+        )
     try:
         with start_run(params, context if spec.tracked else None, spec.sections, workdir):
-            metrics = func(params, **kwargs)
+            metrics = func(params, **kwargs, **({"checkpoint": checkpoint} if checkpoint else {}))
         for role, tmp in staged.items():
             publish(tmp, Path(paths[role]))
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)  # published: nothing left to resume
     finally:
         for tmp in staged.values():
             if tmp.exists():

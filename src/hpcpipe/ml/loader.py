@@ -3,12 +3,18 @@
 CIFAR-10 is 150 MB as uint8, so the whole training set sits on the GPU (or in
 RAM) and a batch is one index operation: no DataLoader, no worker processes, no
 PIL. Augmentation is the classic CIFAR pair, done on the whole batch with tensor
-ops: a random 32x32 crop of the image padded by 4 (reflect padding, as airbench
-does: it avoids the black borders zero padding paints) and a horizontal flip.
+ops: a random 32x32 crop of the image padded by ``pad`` (4 by default; reflect
+padding, as airbench does: it avoids the black borders zero padding paints) and a
+horizontal flip.
+
+Flips are either a coin toss per image and epoch, or *alternating* (the speed-run
+trick): a coin toss per image in epoch 0, then the opposite of the previous epoch,
+so every two consecutive epochs show each image both ways.
 
 All randomness (shuffle order, crop offsets, flips) comes from one CPU
 ``torch.Generator`` seeded with (seed, epoch), so an epoch is reproducible on any
-device and independent of the global RNG that initialises the model.
+device and independent of the global RNG that initialises the model; a resumed
+run needs nothing but the epoch number to continue where it stopped.
 """
 
 from __future__ import annotations
@@ -69,14 +75,19 @@ class BatchLoader:
         augment: bool = False,
         drop_last: bool = False,
         seed: int = 0,
+        pad: int = PAD,
+        alternating_flip: bool = False,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if not 0 <= pad < min(images.shape[-2:], default=1):
+            raise ValueError(f"pad must be in [0, image size), got {pad}")  # reflect padding needs it
         self.images, self.labels = images, labels
         self.batch_size = batch_size
         self.mean, self.std = list(mean), list(std)
         self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
         self.seed = seed
+        self.pad, self.alternating_flip = pad, alternating_flip
         # normalize() as a multiply-add with constants made once, on the data's device.
         self._shift = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1) * 255
         self._scale = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1) * 255
@@ -101,12 +112,23 @@ class BatchLoader:
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         order = order.to(device)
         if self.augment:
-            shifts = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator).to(device)
-            flips = (torch.rand(n, generator=generator) < 0.5).to(device)
+            shifts = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=generator).to(device)
+            flips = self._flips(epoch, generator).to(device)[order]  # per image -> per batch position
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             batch = slice(start, start + self.batch_size)
             index = order[batch]
             x = (self.images[index].float() - self._shift) / self._scale
             if self.augment:
-                x = random_flip(random_crop(x, shifts[batch]), flips[batch])
+                if self.pad:
+                    x = random_crop(x, shifts[batch], self.pad)
+                x = random_flip(x, flips[batch])
             yield x, self.labels[index]
+
+    def _flips(self, epoch: int, generator: torch.Generator) -> Tensor:
+        """Which images (by index) are mirrored in ``epoch``."""
+        n = len(self.labels)
+        if not self.alternating_flip:
+            return torch.rand(n, generator=generator) < 0.5
+        # epoch 0's coin tosses come from a stream of their own, so any epoch can be rebuilt alone
+        first = torch.rand(n, generator=torch.Generator().manual_seed(self.seed % 2**63)) < 0.5
+        return first ^ bool(epoch % 2)

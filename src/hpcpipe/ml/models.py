@@ -1,4 +1,4 @@
-"""The two models ``train.model`` can name.
+"""The models ``train.model`` can name.
 
 - ``tutorial``: the small CNN of PyTorch's "Training a classifier" tutorial
   (62k parameters). ~7,000 images/s on 2 CPU cores; with this repo's recipe it
@@ -8,6 +8,8 @@
   (7x7 stride 2 + pool) would shrink a 32x32 image to 8x8 before the first block.
   A GPU model: this shape is the one that reaches ~93-95% on full CIFAR-10 in
   published recipes (not measured in this repo yet).
+- ``fast``: the CIFAR-10 speed-run network of ``hpcpipe.ml.fast`` (airbench94's
+  shape at ``width`` 1: 2M parameters), trained by the recipe described there.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODEL_NAMES = ("tutorial", "resnet18")
+MODEL_NAMES = ("tutorial", "resnet18", "fast")
 
 
 class TutorialNet(nn.Module):
@@ -50,8 +52,17 @@ def resnet18_cifar(num_classes: int = 10) -> nn.Module:
     return model
 
 
-def build_model(name: str, num_classes: int = 10) -> nn.Module:
-    """A freshly initialised model (on the CPU, from the global torch RNG)."""
+def build_model(name: str, num_classes: int = 10, width: float = 1.0) -> nn.Module:
+    """A freshly initialised model (on the CPU, from the global torch RNG).
+
+    ``width`` scales the channels of ``fast`` (the others have one shape). ``fast``'s
+    first layer still needs ``fast.whiten_init`` with the training images.
+    """
+    if name == "fast":
+        from hpcpipe.ml.fast import WIDTHS, FastNet
+
+        widths = tuple(max(1, round(w * width)) for w in WIDTHS)
+        return FastNet(num_classes, widths=widths)  # type: ignore[arg-type]
     if name == "tutorial":
         return TutorialNet(num_classes)
     if name == "resnet18":

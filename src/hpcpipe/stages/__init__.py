@@ -6,7 +6,8 @@ slice of params.yaml) and which of its path arguments are outputs, which the job
 writes to temporary paths and publishes only on success.
 
 Each stage module has one function ``f(params, **paths) -> metrics`` that takes
-paths in and returns a dict of metrics; it never knows how it was launched.
+paths in and returns a dict of metrics; it never knows how it was launched. A
+resumable stage also takes ``checkpoint``: a path that survives a requeue.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class StageSpec:
     inputs: tuple[str, ...]  # path arguments read
     outputs: tuple[str, ...]  # path arguments written, published atomically
     tracked: bool = True  # opens a W&B run when W&B is on (prepare has nothing to chart)
+    # takes a ``checkpoint`` path: saves its state there as it goes and resumes from it (train)
+    resumable: bool = False
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -45,6 +48,7 @@ STAGES: dict[str, StageSpec] = {
             sections=("train",),
             inputs=("prepared",),
             outputs=("model", "metrics", "history"),
+            resumable=True,
         ),
         StageSpec(
             name="evaluate",

@@ -34,7 +34,7 @@ def evaluate(
     prepared_classes = read_manifest(prepared)["classes"]
     if prepared_classes != classes:
         raise ValueError(f"{model}: trained on classes {classes}, but {prepared} has {prepared_classes}")
-    net = build_model(checkpoint["model"], num_classes=len(classes))
+    net = build_model(checkpoint["model"], num_classes=len(classes), width=checkpoint.get("width", 1.0))
     net.load_state_dict(checkpoint["state_dict"])
     net.to(device, memory_format=memory_format(device))
 

@@ -6,7 +6,10 @@ The training images are moved to the device once and batched there (see
 ``hpcpipe.ml.loader``); on a GPU the model runs channels_last under bf16 autocast.
 Prints one line per epoch (and logs it to the stage's W&B run when there is one).
 ``tutorial`` on the 10k-image sample, 2 CPU cores, batch 128: about 7,000 images/s, ~1.4 s an epoch;
-40 epochs reach ~64% test accuracy.
+40 epochs reach ~64% test accuracy. ``fast``: see ``hpcpipe.ml.fast``.
+
+With ``checkpoint`` (the job side passes one, keyed by the stage's fingerprint), the
+training state is saved after every epoch and a requeued job resumes from it.
 """
 
 from __future__ import annotations
@@ -22,12 +25,29 @@ from hpcpipe.config import Params
 from hpcpipe.ml.data import load_split, read_manifest, torch_save, write_json
 from hpcpipe.ml.loader import BatchLoader
 from hpcpipe.ml.models import build_model
-from hpcpipe.ml.training import EpochStats, fit, memory_format, pick_device
+from hpcpipe.ml.training import (
+    SCHEDULES,
+    EpochStats,
+    Lookahead,
+    Plan,
+    fit,
+    make_optimizer,
+    memory_format,
+    pick_device,
+)
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "lr", "images_per_s")
 
 
-def train(params: Params, *, prepared: Path, model: Path, metrics: Path, history: Path) -> dict[str, Any]:
+def train(
+    params: Params,
+    *,
+    prepared: Path,
+    model: Path,
+    metrics: Path,
+    history: Path,
+    checkpoint: Path | None = None,
+) -> dict[str, Any]:
     p = params.train
     device = pick_device()
     torch.manual_seed(p.seed)  # the model's initial weights; the loader has its own seeded stream
@@ -47,8 +67,25 @@ def train(params: Params, *, prepared: Path, model: Path, metrics: Path, history
         augment=p.augment,
         drop_last=True,
         seed=p.seed,
+        pad=p.translate,
+        alternating_flip=p.alternating_flip,
     )
-    net = build_model(p.model, num_classes=len(classes)).to(device, memory_format=memory_format(device))
+    net = build_model(p.model, num_classes=len(classes), width=p.width)
+    if p.model == "fast":
+        from hpcpipe.ml.fast import WHITEN_IMAGES, whiten_init
+        from hpcpipe.ml.loader import normalize
+
+        whiten_init(net, normalize(data.images[:WHITEN_IMAGES], manifest["mean"], manifest["std"]))
+    net.to(device, memory_format=memory_format(device))
+    optimizer = make_optimizer(
+        net, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, bias_lr_scale=p.bias_lr_scale
+    )
+    plan = Plan(
+        optimizer,
+        schedule=SCHEDULES[p.schedule],
+        label_smoothing=p.label_smoothing,
+        lookahead=Lookahead(net) if p.lookahead else None,
+    )
 
     def report(s: EpochStats) -> None:
         print(
@@ -60,21 +97,15 @@ def train(params: Params, *, prepared: Path, model: Path, metrics: Path, history
             epoch=s.epoch, loss=s.loss, accuracy=s.accuracy, lr=s.lr, images_per_s=s.images_per_s
         )
 
-    stats = fit(
-        net,
-        loader,
-        epochs=p.epochs,
-        lr=p.lr,
-        momentum=p.momentum,
-        weight_decay=p.weight_decay,
-        device=device,
-        on_epoch=report,
-    )
+    if checkpoint is not None and checkpoint.exists():
+        print(f"resuming from {checkpoint}", flush=True)
+    stats = fit(net, loader, plan, epochs=p.epochs, device=device, on_epoch=report, checkpoint=checkpoint)
 
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     torch_save(
         {
             "model": p.model,
+            "width": p.width,
             "state_dict": state,
             "classes": classes,
             "mean": manifest["mean"],

@@ -1,0 +1,52 @@
+"""benchmarks/train_speed.py's CPU path on the committed sample, shrunk to seconds.
+
+What is checked is that each part runs ours and the baseline side by side and
+prints a ratio, and that the GPU part says why it is skipped; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = REPO / "benchmarks" / "train_speed.py"
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+
+
+def test_parts_a_and_b_print_ours_baseline_and_ratio(committed_sample: Path, tmp_path: Path):
+    cache = tmp_path / "tensors.pt"
+    run = bench(
+        "a", "b", "--data", str(committed_sample), "--cache", str(cache),
+        "--limit", "200", "--steps", "2", "--models", "tutorial",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stdout.splitlines() if line[:2] in ("a.", "b.")]
+    assert len(lines) == 2, run.stdout
+    for line in lines:
+        ours, base, ratio = re.search(
+            r"ours ([\d,.]+) .* baseline ([\d,.]+) .* ratio ([\d.]+)x", line
+        ).groups()
+        assert float(ours.replace(",", "")) > 0 and float(base.replace(",", "")) > 0 and float(ratio) > 0
+    assert cache.exists()
+
+
+def test_part_d_without_a_gpu_says_so_and_exits_0():
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: part d would run for real")
+    run = bench("d")
+    assert run.returncode == 0, run.stderr
+    assert "d. skipped: no CUDA GPU" in run.stdout

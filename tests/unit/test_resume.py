@@ -1,0 +1,145 @@
+"""Checkpoint and resume: the training loop bitwise, and the job side's checkpoint file.
+
+A resumed CPU run must end with exactly the weights and metrics of an uninterrupted
+run with the same seed (acceptance 3 of issue 6); the Slurm tests
+(tests/integration/test_slurm_resume.py) check the same through real requeues.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpcpipe.config import load_params
+from hpcpipe.launch import job
+from hpcpipe.ml.data import load_split, read_manifest
+from hpcpipe.ml.fast import whiten_init
+from hpcpipe.ml.loader import BatchLoader, normalize
+from hpcpipe.ml.models import build_model
+from hpcpipe.ml.training import SCHEDULES, Lookahead, Plan, fit, make_optimizer
+from hpcpipe.stages import StageSpec
+
+CPU = torch.device("cpu")
+EPOCHS = 3
+
+
+class Killed(Exception):
+    """Stands in for the job being killed right after an epoch's checkpoint was written."""
+
+
+def _setup(prepared: Path, seed: int) -> tuple[torch.nn.Module, BatchLoader, Plan]:
+    """The ``fast`` recipe with every stateful technique on, shrunk: 600 images, width 1/4."""
+    manifest = read_manifest(prepared)
+    train = load_split(prepared, "train")
+    images, labels = train.images[:600], train.labels[:600]
+    loader = BatchLoader(
+        images, labels, batch_size=100, mean=manifest["mean"], std=manifest["std"],
+        shuffle=True, augment=True, drop_last=True, seed=0, pad=2, alternating_flip=True,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = build_model("fast", width=0.25)
+    whiten_init(model, normalize(images, manifest["mean"], manifest["std"]))
+    optimizer = make_optimizer(model, lr=0.5, momentum=0.85, weight_decay=5e-4, bias_lr_scale=16)
+    plan = Plan(optimizer, SCHEDULES["triangle"], label_smoothing=0.2, lookahead=Lookahead(model))
+    return model, loader, plan
+
+
+def _metrics(history: list) -> list[tuple[int, float, float, float]]:
+    return [(s.epoch, s.loss, s.accuracy, s.lr) for s in history]  # not the timings
+
+
+def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(prepared_sample: Path, tmp_path: Path):
+    model, loader, plan = _setup(prepared_sample, seed=0)
+    whole = fit(model, loader, plan, epochs=EPOCHS, device=CPU, checkpoint=tmp_path / "whole.pt")
+    expected = model.state_dict()
+
+    ckpt = tmp_path / "cut.pt"
+
+    def kill_after_first(stats) -> None:
+        if stats.epoch == 1:
+            raise Killed
+
+    first, loader1, plan1 = _setup(prepared_sample, seed=0)
+    with pytest.raises(Killed):
+        fit(first, loader1, plan1, epochs=EPOCHS, device=CPU, on_epoch=kill_after_first, checkpoint=ckpt)
+    # A new process: other initial weights and RNG state; everything must come from the file.
+    torch.manual_seed(1234)
+    second, loader2, plan2 = _setup(prepared_sample, seed=99)
+    seen = []
+    resumed = fit(second, loader2, plan2, epochs=EPOCHS, device=CPU, on_epoch=seen.append, checkpoint=ckpt)
+
+    assert [s.epoch for s in seen] == [2, 3]  # only the epochs left were run
+    assert _metrics(resumed) == _metrics(whole)
+    got = second.state_dict()
+    assert got.keys() == expected.keys()
+    unequal = [name for name, value in expected.items() if not torch.equal(value, got[name])]
+    assert unequal == []
+    assert whole[-1].loss < whole[0].loss  # it did train
+
+
+def test_a_checkpoint_of_another_run_shape_is_refused(prepared_sample: Path, tmp_path: Path):
+    model, loader, plan = _setup(prepared_sample, seed=0)
+    fit(model, loader, plan, epochs=1, device=CPU, checkpoint=tmp_path / "c.pt")
+    model, loader, plan = _setup(prepared_sample, seed=0)
+    with pytest.raises(ValueError, match="a checkpoint of 1 epochs x 6 steps, not of this run"):
+        fit(model, loader, plan, epochs=2, device=CPU, checkpoint=tmp_path / "c.pt")
+
+
+# --------------------------------------------------------------------------- job side
+SPEC = StageSpec(
+    name="fake",
+    target="tests.support.fake_stages:count_to_three",
+    sections=("train",),
+    inputs=("source",),
+    outputs=("result", "report"),
+    resumable=True,
+)
+PATHS = {"source": "source.txt", "result": "out/result.txt", "report": "out/report"}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_job_resumes_from_its_checkpoint_and_removes_it_once_published(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # so `tests.support` imports; run_stage chdirs to the workdir itself
+    (tmp_path / "source.txt").write_text("abc")
+    params = load_params(REPO / "params.yaml")
+    folder = tmp_path / job.CHECKPOINT_DIR
+    folder.mkdir(parents=True)
+    stale = folder / "checkpoint-fake-0000000000000000.pt"
+    stale.write_text("2")  # another fingerprint's: must not be resumed
+    (tmp_path / "stop-after.txt").write_text("2")
+    with pytest.raises(RuntimeError, match="stopped after step 2"):
+        job.run_stage(SPEC, params, PATHS, str(tmp_path))
+    monkeypatch.chdir(REPO)
+    (saved,) = folder.iterdir()
+    assert saved != stale and saved.read_text() == "2"
+    assert not (tmp_path / "out" / "result.txt").exists()
+
+    assert job.run_stage(SPEC, params, PATHS, str(tmp_path)) == {"resumed_after": 2}
+    assert (tmp_path / "out" / "result.txt").read_text() == "resumed after 2"
+    assert list(folder.iterdir()) == []  # published: nothing left to resume
+
+
+def test_run_stage_is_checkpointable_for_submitit():
+    from submitit.helpers import DelayedSubmission
+
+    args = (SPEC, None, PATHS, "/project")
+    delayed = job.run_stage.checkpoint(*args)
+    assert isinstance(delayed, DelayedSubmission)
+    assert delayed.function is job.run_stage and delayed.args == args
+    # submitit pickles the callable into the job folder; it must travel by reference
+    assert pickle.loads(pickle.dumps(job.run_stage)).__class__ is job.StageRunner
+
+
+def test_the_profile_sets_how_often_a_timed_out_job_is_requeued(tmp_path):
+    import dataclasses
+
+    from hpcpipe.config import load_profile
+    from hpcpipe.launch.executors import make_executor
+
+    shipped = load_profile("testcluster", REPO)
+    assert shipped.max_timeouts == 10  # submitit's own default, 3, fails a run of 5 time limits
+    executor = make_executor(dataclasses.replace(shipped, max_timeouts=7), "train", tmp_path)
+    assert executor.max_num_timeout == 7
