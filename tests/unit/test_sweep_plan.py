@@ -12,7 +12,7 @@ from hpcpipe.launch.profiles import sweep_resources
 from hpcpipe.launch.slurm_state import parse_array
 from hpcpipe.sweep import record
 from hpcpipe.sweep.pipeline import StageNode, plan
-from hpcpipe.sweep.task import task_env
+from hpcpipe.sweep.task import run_point, task_env
 from hpcpipe.sweep.workspace import load_round_trip, write_point_params
 from hpcpipe.validation import ConfigError
 
@@ -188,7 +188,19 @@ def test_point_params_keep_comments_and_set_the_wandb_group(tmp_path: Path):
 
 def test_the_task_runs_stages_inline_with_the_workspaces_code(tmp_path: Path):
     (tmp_path / "src").mkdir()
-    env = task_env(tmp_path, {"PYTHONPATH": "/elsewhere", "SLURM_CPUS_PER_TASK": "4", "HPCPIPE_CLUSTER": "x"})
+    outer = {"PYTHONPATH": "/elsewhere", "SLURM_CPUS_PER_TASK": "4", "HPCPIPE_CLUSTER": "x"}
+    env = task_env(tmp_path, {**outer, "SUBMITIT_EXECUTOR": "slurm", "SUBMITIT_FOLDER": "/shared/jobs"})
     assert env["HPCPIPE_CLUSTER"] == "inline"
+    # not a submitit job itself: checkpoints go to the point's own workspace
+    assert not any(key.startswith("SUBMITIT_") for key in env)
     assert env["PYTHONPATH"].split(":") == [str(tmp_path / "src"), "/elsewhere"]
     assert env["OMP_NUM_THREADS"] == "4"
+
+
+def test_a_sweep_task_is_requeued_at_the_time_limit_not_failed():
+    """submitit requeues a task whose callable has ``checkpoint`` (it returns the same call)."""
+    from submitit.helpers import DelayedSubmission
+
+    again = run_point.checkpoint("/ws/001-a", ["prepare"], ["train", "evaluate"])
+    assert isinstance(again, DelayedSubmission)
+    assert again.function is run_point and again.args == ("/ws/001-a", ["prepare"], ["train", "evaluate"])
