@@ -221,3 +221,20 @@ def test_prepare_opens_no_run_even_with_wandb_on(offline, make_params, tmp_path,
     run_stage(STAGES["prepare"], enabled(make_params()), {"prepared": "out/prepared"}, str(tmp_path), context)
     assert (tmp_path / "out" / "prepared" / "manifest.json").exists()
     assert not runs_root(tmp_path).exists()
+
+
+def test_the_live_marker_goes_only_once_the_run_file_is_complete(offline, make_params, tmp_path):
+    """wandb's finish() can return before its service wrote the file out (seen under load);
+    the stage waits for the exit record, so `hpcpipe sync` never uploads half a run."""
+    from hpcpipe.tracking.records import has_exit_record
+
+    with tracking.start_run(enabled(make_params()), CONTEXT, ("train",), tmp_path):
+        tracking.log_epoch(epoch=1, loss=1.0)
+    folder = only_run(tmp_path)
+    (segment,) = segments(folder)
+    (log,) = segment.glob("*.wandb")
+    assert not (folder / LIVE_MARKER).exists() and has_exit_record(log)
+    torn = tmp_path / "torn.wandb"
+    data = log.read_bytes()
+    torn.write_bytes(data[: len(data) // 2])  # what a reader saw before the flush
+    assert not has_exit_record(torn)

@@ -77,6 +77,18 @@ class OfflineRun:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def has_exit_record(path: Path) -> bool:
+    """Whether the ``.wandb`` file holds the run's exit record, the last one wandb writes."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    for payload in raw_records(path):
+        record = pb.Record()
+        record.ParseFromString(payload)
+        if record.WhichOneof("record_type") == "exit":
+            return True
+    return False
+
+
 def read_run(path: Path) -> OfflineRun:
     """Parse ``run-ID.wandb`` (or the offline run folder holding it)."""
     from wandb.proto import wandb_internal_pb2 as pb

@@ -33,6 +33,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ RUNS_DIR = "wandb"
 LIVE_MARKER = "live.json"
 SYNCED_MARKER = "synced.json"
 INIT_TIMEOUT_S = 60.0
+FLUSH_TIMEOUT_S = 60.0
 SAMPLE_COUNT = 32
 
 
@@ -55,6 +57,7 @@ class ActiveRun:
     handle: Any
     folder: Path
     next_step: int
+    segment: Path | None = None  # this attempt's offline folder; None when online
 
 
 # The one piece of module state: the run open in this process, if any (no config here).
@@ -158,14 +161,33 @@ def _open(params: Params, context: RunContext, sections: Sequence[str], workdir:
         raise
     where = f"offline in {segment.relative_to(workdir)}; upload with: hpcpipe sync" if offline else "online"
     print(f"hpcpipe: W&B run {rid} ({where})", file=sys.stderr, flush=True)
-    return ActiveRun(handle=handle, folder=folder, next_step=next_step)
+    return ActiveRun(handle=handle, folder=folder, next_step=next_step, segment=segment if offline else None)
 
 
 def _close(run: ActiveRun, exit_code: int) -> None:
     try:
         run.handle.finish(exit_code=exit_code)
+        if run.segment is not None:
+            _await_flush(run.segment)
     finally:
         (run.folder / LIVE_MARKER).unlink(missing_ok=True)
+
+
+def _await_flush(segment: Path, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+    """Wait until the offline run's ``.wandb`` file ends with its exit record.
+
+    ``finish()`` can return before wandb's service process has written the log out
+    (seen on a loaded 2-core machine: a file with its header only). The live marker
+    goes only after this, so ``hpcpipe sync`` never uploads half a run.
+    """
+    from hpcpipe.tracking.records import has_exit_record
+
+    deadline = time.monotonic() + timeout_s
+    while not any(has_exit_record(p) for p in segment.glob("wandb/offline-run-*/*.wandb")):
+        if time.monotonic() > deadline:
+            warn(f"the offline run in {segment} was not fully written after {timeout_s:.0f} s")
+            return
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager
