@@ -109,14 +109,14 @@ SACCT_ARRAY = """\
 
 
 def test_squeue_tasks_of_one_array():
-    states = parse_array(SQUEUE_R, "4101", sacct=False)
+    states = parse_array(SQUEUE_R, "4101", sacct=False).tasks
     assert sorted(states) == ["4101_0", "4101_1", "4101_2", "4101_3"]  # not 4102's task
     assert states["4101_2"].state == "PENDING" and states["4101_2"].reason == "JobArrayTaskLimit"
     assert states["4101_0"].node == "node1"
 
 
 def test_sacct_unfolds_pending_tasks_and_keeps_exit_codes():
-    states = parse_array(SACCT_ARRAY, "4101", sacct=True)
+    states = parse_array(SACCT_ARRAY, "4101", sacct=True).tasks
     assert states["4101_1"].state == "FAILED" and states["4101_1"].exit_code == "1:0"
     assert states["4101_2"].state == states["4101_3"].state == "PENDING"
     assert states["4101_0"].final and not states["4101_3"].final
@@ -124,7 +124,15 @@ def test_sacct_unfolds_pending_tasks_and_keeps_exit_codes():
 
 def test_a_requeued_tasks_latest_sacct_line_wins():
     text = "7_0|NODE_FAIL|0:0|n1|00:01:00\n7_0|RUNNING|0:0|n1|00:00:05\n"
-    assert parse_array(text, "7", sacct=True)["7_0"].state == "RUNNING"
+    assert parse_array(text, "7", sacct=True).get("7_0").state == "RUNNING"
+
+
+def test_tasks_cancelled_before_they_started_share_the_arrays_bare_record():
+    """Seen on Slurm 22.05: after scancel, sacct shows the never-started tasks as `248|CANCELLED by 0`."""
+    text = "248_0|CANCELLED by 0|0:15|vm|00:00:09\n248|CANCELLED by 0|0:0|None assigned|00:00:00\n"
+    states = parse_array(text, "248", sacct=True)
+    assert states.get("248_0").exit_code == "0:15"
+    assert states.get("248_7").state == "CANCELLED" and states.get("248_7").final
 
 
 # --------------------------------------------------------------------------- task resources

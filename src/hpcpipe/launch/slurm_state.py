@@ -95,40 +95,61 @@ def _task_ids(spec: str) -> list[int]:
     return ids
 
 
-def parse_array(text: str, array_id: str, *, sacct: bool) -> dict[str, JobState]:
+@dataclass(frozen=True)
+class ArrayStates:
+    """The tasks of one job array: each task's own record, and ``rest``, the array's
+    record for tasks that never got one (sacct shows tasks cancelled before they
+    started as one line with the bare array id)."""
+
+    tasks: dict[str, JobState]
+    rest: JobState | None = None
+
+    def get(self, task: str) -> JobState:
+        return self.tasks.get(task) or self.rest or JobState("UNKNOWN")
+
+
+def parse_array(text: str, array_id: str, *, sacct: bool) -> ArrayStates:
     """``squeue -r -o SQUEUE_FORMAT`` or (``sacct``) ``sacct -X -o SACCT_FIELDS`` lines of
-    one job array -> {"ID_TASK": state}.
+    one job array -> each task's state, keyed "ID_TASK".
 
     Folded pending lines (``123_[2-3%2]``) are unfolded; a later line for a task wins
     (sacct lists a requeued task's attempts in order).
     """
     states: dict[str, JobState] = {}
+    rest = None
     for line in text.splitlines():
         fields = line.strip().split("|")
-        match = _ARRAY_ID.match(fields[0]) if len(fields) == 5 else None
+        if len(fields) != 5:
+            continue
+        state = fields[1].split()[0] if fields[1] else "UNKNOWN"
+        if sacct:  # the third field is the exit code
+            record = JobState(state=state, node=fields[3], elapsed=fields[4], exit_code=fields[2])
+        else:
+            record = JobState(state=state, reason=fields[2], node=fields[3], elapsed=fields[4])
+        if fields[0] == array_id:
+            rest = record
+            continue
+        match = _ARRAY_ID.match(fields[0])
         if not match or match.group(1) != array_id:
             continue
         tasks = _task_ids(match.group(2)) if match.group(2).startswith("[") else [int(match.group(2))]
-        state = fields[1].split()[0] if fields[1] else "UNKNOWN"
         for task in tasks:
-            key = f"{array_id}_{task}"
-            if sacct:  # the third field is the exit code
-                states[key] = JobState(state=state, node=fields[3], elapsed=fields[4], exit_code=fields[2])
-            else:
-                states[key] = JobState(state=state, reason=fields[2], node=fields[3], elapsed=fields[4])
-    return states
+            states[f"{array_id}_{task}"] = record
+    return ArrayStates(states, rest)
 
 
-def query_array(array_id: str) -> dict[str, JobState]:
-    """Every task of one array now: ``squeue -r`` for queued and running tasks, sacct for the rest."""
-    states: dict[str, JobState] = {}
+def query_array(array_id: str) -> ArrayStates | None:
+    """Every task of one array now: ``squeue -r`` for queued and running tasks, sacct for
+    the rest; None when neither command answered (no Slurm here, or SLURM_CONF unset)."""
     accounted = _run(["sacct", "-n", "-P", "-X", "-j", array_id, "-o", SACCT_FIELDS])
-    if accounted is not None:
-        states.update(parse_array(accounted, array_id, sacct=True))
     queued = _run(["squeue", "-h", "-r", "-j", array_id, "-o", SQUEUE_FORMAT])
+    if accounted is None and queued is None:
+        return None
+    found = parse_array(accounted or "", array_id, sacct=True)
     if queued is not None:
-        states.update({k: v for k, v in parse_array(queued, array_id, sacct=False).items() if not v.final})
-    return states
+        live = parse_array(queued, array_id, sacct=False)
+        found.tasks.update({k: v for k, v in live.tasks.items() if not v.final})
+    return found
 
 
 def _run(command: list[str]) -> str | None:

@@ -341,7 +341,8 @@ def _label(sweep: Sweep, point: Point) -> str:
 def _refresh(root: Path, sweep: Sweep, points: Sequence[Point] | None = None) -> None:
     """Ask where each unfinished point stands; save finished ones as experiments."""
     points = sweep.points if points is None else points
-    arrays: dict[str, dict[str, slurm_state.JobState]] = {}
+    arrays: dict[str, slurm_state.ArrayStates | None] = {}
+    unanswered = 0
     for point in points:
         if point.attempts and not _final(point.state):
             attempt = point.attempts[-1]
@@ -351,10 +352,12 @@ def _refresh(root: Path, sweep: Sweep, points: Sequence[Point] | None = None) ->
                 array_id = attempt.job_id.split("_")[0]
                 if array_id not in arrays:
                     arrays[array_id] = slurm_state.query_array(array_id)
-                state = arrays[array_id].get(attempt.job_id, slurm_state.JobState("UNKNOWN"))
+                states = arrays[array_id]
+                state = states.get(attempt.job_id) if states else slurm_state.JobState("UNKNOWN")
             else:
                 state = state_of("local", attempt.job_id, Path(attempt.folder))
             if state.state == "UNKNOWN":
+                unanswered += 1
                 continue
             if state.describe() != point.detail and not _final(state.state):
                 say(f"sweep {sweep.name}: point {_label(sweep, point)}: {state.describe()}")
@@ -365,6 +368,11 @@ def _refresh(root: Path, sweep: Sweep, points: Sequence[Point] | None = None) ->
                 point.state = state.state
         if point.state == DONE and not point.experiment:
             _import(root, sweep, point)
+    if unanswered:
+        say(
+            f"sweep {sweep.name}: Slurm has no record of {unanswered} point(s) (squeue/sacct failed, "
+            "or SLURM_CONF is not this cluster's); their states are the last seen"
+        )
 
 
 def _finish(root: Path, sweep: Sweep, point: Point, state: str) -> None:
