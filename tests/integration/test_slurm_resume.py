@@ -2,7 +2,7 @@
 
 Real jobs on the one-node test cluster (slurm/testcluster), the real train stage
 through ``hpcpipe run train``: once uninterrupted (the reference), once with a
-1-minute time limit (Slurm's USR2 warning -> submitit calls ``run_stage.checkpoint``
+1-minute time limit (Slurm's USR2 warning -> submitit calls ``run_resumable_stage.checkpoint``
 -> ``scontrol requeue``), once requeued from outside with ``scontrol requeue`` while
 it trains (no warning: SIGTERM, then SIGKILL). Each requeued attempt resumes from the
 per-epoch checkpoint; the weights must be ``torch.equal`` to the reference's and the

@@ -122,15 +122,22 @@ def test_the_job_resumes_from_its_checkpoint_and_removes_it_once_published(tmp_p
     assert list(folder.iterdir()) == []  # published: nothing left to resume
 
 
-def test_run_stage_is_checkpointable_for_submitit():
+def test_only_resumable_stages_are_checkpointable_for_submitit():
+    """submitit requeues a checkpointable job at its time limit; a stage that cannot
+    resume would repeat the same work and hit the same limit, so it is not one."""
     from submitit.helpers import DelayedSubmission
 
+    from hpcpipe.stages import STAGES
+
     args = (SPEC, None, PATHS, "/project")
-    delayed = job.run_stage.checkpoint(*args)
+    runner = job.stage_callable(STAGES["train"])
+    delayed = runner.checkpoint(*args)
     assert isinstance(delayed, DelayedSubmission)
-    assert delayed.function is job.run_stage and delayed.args == args
+    assert delayed.function is runner and delayed.args == args
     # submitit pickles the callable into the job folder; it must travel by reference
-    assert pickle.loads(pickle.dumps(job.run_stage)).__class__ is job.StageRunner
+    assert pickle.loads(pickle.dumps(runner)).__class__ is job.ResumableStageRunner
+    for name in ("prepare", "evaluate"):
+        assert not hasattr(job.stage_callable(STAGES[name]), "checkpoint")
 
 
 def test_the_profile_sets_how_often_a_timed_out_job_is_requeued(tmp_path):

@@ -14,10 +14,14 @@ With a ``RunContext`` (what the launcher resolved: fingerprint, profile, resourc
 the stage runs inside its W&B run (``tracking.start_run``), so stage functions keep
 their launch-agnostic signature and log through ``hpcpipe.tracking``.
 
-Requeue (preemption, time limit): ``run_stage`` is a submitit *checkpointable*
+Requeue (preemption, time limit): for a resumable stage (``StageSpec.resumable``:
+train) the launcher submits ``run_resumable_stage``, a submitit *checkpointable*
 callable. Slurm warns the job (``--signal USR2@N``, see ``profiles.signal_delay_s``);
-submitit's handler calls ``run_stage.checkpoint``, which resubmits the same call,
-requeues the job (``scontrol requeue``, same job id) and exits. The state itself is
+submitit's handler calls its ``checkpoint``, which resubmits the same call,
+requeues the job (``scontrol requeue``, same job id) and exits. Other stages go as
+the plain ``run_stage``: submitit requeues them when preempted (they start over) but
+fails them at their time limit (TIMEOUT), since a stage that cannot resume would
+only spend the same hours again and hit the same limit. The state itself is
 not saved from the signal handler: a resumable stage (train) already saves its
 whole state after every epoch to a checkpoint file beside its job folder, named by
 the stage fingerprint, so a requeue for any reason (also ``scontrol requeue`` by an
@@ -115,8 +119,19 @@ def _fingerprint(
     return fingerprint(spec, params, paths, Path(workdir))
 
 
-class StageRunner:
-    """The callable the launcher submits (``run_stage``), checkpointable in submitit's sense.
+def run_stage(
+    spec: StageSpec,
+    params: Params,
+    paths: Mapping[str, str],
+    workdir: str,
+    context: RunContext | None = None,
+) -> dict[str, Any]:
+    """What the launcher submits for a stage that cannot resume (see the module docstring)."""
+    return _run_stage(spec, params, paths, workdir, context)
+
+
+class ResumableStageRunner:
+    """What the launcher submits for a resumable stage: checkpointable in submitit's sense.
 
     submitit pickles it by reference to this module; its ``checkpoint`` method is what
     makes submitit requeue the job at the time-limit or preemption signal instead of
@@ -144,7 +159,12 @@ class StageRunner:
         return DelayedSubmission(self, *args, **kwargs)
 
 
-run_stage = StageRunner()
+run_resumable_stage = ResumableStageRunner()
+
+
+def stage_callable(spec: StageSpec) -> Any:
+    """``run_resumable_stage`` for a resumable stage, else ``run_stage``."""
+    return run_resumable_stage if spec.resumable else run_stage
 
 
 def _run_stage(

@@ -1,7 +1,8 @@
 """Login-node side of a stage: submit, stream state and log, wait, check, cancel.
 
 This is what ``hpcpipe run STAGE`` (the ``cmd`` of each DVC stage) does. It never
-imports torch: the job is submitted as a reference to ``job.run_stage``, which
+imports torch: the job is submitted as a reference to ``job.run_stage`` (or
+``job.run_resumable_stage``), which
 imports the stage on the node.
 
 Exit status: 0 when the job completed, returned a result and every declared
@@ -166,7 +167,9 @@ def launch(
                 if profile.executor == "slurm":
                     strip_inherited_slurm_env()
                 context = run_context(spec, profile, fp)
-                job = executor.submit(job_side.run_stage, spec, params, dict(paths), str(root), context)
+                job = executor.submit(
+                    job_side.stage_callable(spec), spec, params, dict(paths), str(root), context
+                )
                 say(f"{spec.name}: job {job.job_id} submitted ({profile.name}: {profile.executor})")
                 ledger.put(ledger_entry(spec.name, job, profile, fp, folder))
             watcher = watch_for(profile.executor, job)
