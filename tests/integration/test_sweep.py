@@ -145,18 +145,27 @@ def test_slurm_sweep_is_one_array_prepare_runs_once_and_resume_reruns_only_the_f
     monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
     commit_all(project)
     since = now()
-    done = run_cli(
-        "sweep", "-S", "train.lr=0.1,0.05", "-S", "train.batch_size=16,32", "--parallelism", "2",
-        "--name", "arr", "--detach", cwd=project, timeout=300,
+    waiting = subprocess.Popen(
+        ["hpcpipe", "sweep", "-S", "train.lr=0.1,0.05", "-S", "train.batch_size=16,32", "--parallelism", "2",
+         "--name", "arr"],
+        cwd=project, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    path = project / record.SWEEPS_DIR / "arr" / record.RECORD_FILE
+    deadline = time.monotonic() + 240
+    while not path.exists():  # written once the workspaces exist, before the sbatch
+        assert time.monotonic() < deadline and waiting.poll() is None, "the sweep never wrote its record"
+        time.sleep(0.1)
     sweep = record.load(project, "arr")
     # Break the last point's workspace while it waits behind the %2 limit: a missing
     # stage dependency makes its `dvc repro` fail, as a lost file on scratch would.
     broken = project / sweep.points[-1].workspace / "src" / "hpcpipe" / "stages" / "train.py"
     broken.unlink()
+    _, err = waiting.communicate(timeout=600)
+    assert waiting.returncode == 1, err  # it waited, and one point failed
+    assert "3 of 4 points saved as experiments, 1 not (4)" in err
+    assert "hpcpipe sweep resume arr" in err
 
-    sweep = wait_until_final(project, "arr")
+    sweep = record.load(project, "arr")
     assert [p.state for p in sweep.points] == ["COMPLETED", "COMPLETED", "COMPLETED", "FAILED"]
     arrays = {p.attempts[-1].job_id.split("_")[0] for p in sweep.points}
     assert len(arrays) == 1  # ONE sbatch
@@ -171,10 +180,11 @@ def test_slurm_sweep_is_one_array_prepare_runs_once_and_resume_reruns_only_the_f
     assert len([n for n in experiments(project) if n.startswith("arr-")]) == 3  # the others are kept
 
     git(project / sweep.points[-1].workspace, "checkout", "--", "src/hpcpipe/stages/train.py")
-    resumed = run_cli("sweep", "resume", "arr", cwd=project, timeout=300)
+    resumed = run_cli("sweep", "resume", "arr", "--detach", cwd=project, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "resubmitting 1 of 4 points" in resumed.stderr
-    after = record.load(project, "arr")
+    after = wait_until_final(project, "arr")  # `sweep status` brings it in as an experiment
+    assert [p.state for p in after.points] == ["COMPLETED"] * 4
     assert [len(p.attempts) for p in after.points] == [1, 1, 1, 2]  # only the failed point again
     assert after.points[-1].attempts[-1].job_id.split("_")[0] != array  # as a new array
     assert len([n for n in experiments(project) if n.startswith("arr-")]) == 4
