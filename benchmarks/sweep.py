@@ -91,12 +91,13 @@ def run_hpcpipe(root: Path, points: int, env: dict[str, str]) -> dict[str, float
     proc = subprocess.Popen(
         command, cwd=root, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
     )
-    submitted = None
+    submitted, lines = None, []
     for line in proc.stderr:
+        lines.append(line)
         if submitted is None and "submitted as" in line:
             submitted = time.perf_counter() - began
     if proc.wait() != 0 or submitted is None:
-        raise RuntimeError(f"hpcpipe sweep failed ({proc.returncode})")
+        raise RuntimeError(f"hpcpipe sweep failed ({proc.returncode}):\n{''.join(lines[-20:])}")
     wall = time.perf_counter() - began
     assert experiments(root) == points, "hpcpipe: not every point became an experiment"
     return {"submit": submitted, "wall": wall}

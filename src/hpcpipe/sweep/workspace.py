@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from hpcpipe.validation import ConfigError
 
 LINK_TYPES = "hardlink,symlink,copy"
+_WORKTREE_ADD = threading.Lock()
 
 
 def git(root: Path, *args: str, stdin: bytes | None = None) -> bytes:
@@ -98,11 +100,17 @@ def create(
     point: Mapping[str, Any],
     group: str | None,
 ) -> None:
-    """Make ``workspace`` for one point (skipped if it exists: resume reuses it)."""
+    """Make ``workspace`` for one point (skipped if it exists: resume reuses it).
+
+    Safe to call from several threads for different points: ``git worktree add`` itself
+    runs one at a time (two at once in one repo fail now and then: "failed to read
+    .git/worktrees/NAME/commondir", seen 4 times in 128 here); the rest runs in parallel.
+    """
     if workspace.exists():
         return
     workspace.parent.mkdir(parents=True, exist_ok=True)
-    git(root, "worktree", "add", "--detach", "--quiet", str(workspace), commit)
+    with _WORKTREE_ADD:
+        git(root, "worktree", "add", "--detach", "--quiet", str(workspace), commit)
     if patch:
         git(workspace, "apply", "--binary", "--whitespace=nowarn", "-", stdin=patch)
     if (root / "dvc.lock").exists():
