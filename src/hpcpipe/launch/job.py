@@ -119,17 +119,6 @@ def _fingerprint(
     return fingerprint(spec, params, paths, Path(workdir))
 
 
-def run_stage(
-    spec: StageSpec,
-    params: Params,
-    paths: Mapping[str, str],
-    workdir: str,
-    context: RunContext | None = None,
-) -> dict[str, Any]:
-    """What the launcher submits for a stage that cannot resume (see the module docstring)."""
-    return _run_stage(spec, params, paths, workdir, context)
-
-
 class ResumableStageRunner:
     """What the launcher submits for a resumable stage: checkpointable in submitit's sense.
 
@@ -138,15 +127,8 @@ class ResumableStageRunner:
     failing it.
     """
 
-    def __call__(
-        self,
-        spec: StageSpec,
-        params: Params,
-        paths: Mapping[str, str],
-        workdir: str,
-        context: RunContext | None = None,
-    ) -> dict[str, Any]:
-        return _run_stage(spec, params, paths, workdir, context)
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return run_stage(*args, **kwargs)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Called by submitit's signal handler: run the same call again after the requeue.
@@ -167,14 +149,15 @@ def stage_callable(spec: StageSpec) -> Any:
     return run_resumable_stage if spec.resumable else run_stage
 
 
-def _run_stage(
+def run_stage(
     spec: StageSpec,
     params: Params,
     paths: Mapping[str, str],
     workdir: str,
     context: RunContext | None = None,
 ) -> dict[str, Any]:
-    """Run one stage function with staged outputs, then publish them.
+    """Run one stage function with staged outputs, then publish them. What the launcher
+    submits for a stage that cannot resume (see the module docstring).
 
     ``paths`` maps each role of ``spec`` to its path relative to ``workdir`` (the
     project root, where DVC runs the stage command). ``context``: see ``tracking``;
