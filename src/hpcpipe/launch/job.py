@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcpipe.config import Params
+from hpcpipe.launch.host_memory import tune_host_allocator
 from hpcpipe.stages import StageSpec
 from hpcpipe.tracking import RunContext, start_run
 
@@ -164,6 +165,7 @@ def run_stage(
     without one (or with W&B disabled in params) nothing is tracked.
     """
     os.chdir(workdir)
+    tune_host_allocator()  # before the stage imports torch: see host_memory
     func = import_target(spec.target)
     token = f"{os.getpid()}-{int(time.time())}"
     staged: dict[str, Path] = {}

@@ -54,6 +54,7 @@ WIDTHS = (64, 256, 256)
 WHITEN_CHANNELS = 24  # 12 eigen-filters of 2x2x3 patches and their negatives
 WHITEN_IMAGES = 5000  # enough for a stable 12x12 covariance, cheap on a CPU
 WHITEN_EPS = 5e-4
+WHITEN_CHUNK = 500  # images per step of the covariance sum
 BN_MOMENTUM = 0.4  # PyTorch's convention: 0.4 of each new batch's statistics
 LOGIT_SCALE = 1 / 9
 
@@ -114,10 +115,20 @@ def whiten_init(model: FastNet, images: Tensor, eps: float = WHITEN_EPS) -> None
     Computed in float64 on the CPU from the first ``WHITEN_IMAGES`` images, so the
     result does not depend on the device or on reduction order.
     """
-    sample = images[:WHITEN_IMAGES].detach().to("cpu", torch.float64)
-    patches = F.unfold(sample, kernel_size=2).transpose(1, 2).reshape(-1, 12)  # (c, kh, kw) as conv weights
-    patches = patches - patches.mean(0)
-    covariance = patches.T @ patches / len(patches)
+    # Accumulated over chunks: all 2x2 patches of 5,000 images at once would be ~0.5 GB
+    # of float64, a host-memory peak above the training loop's own (issue 6: < 2 GB).
+    total = torch.zeros(12, dtype=torch.float64)
+    products = torch.zeros(12, 12, dtype=torch.float64)
+    count = 0
+    for chunk in images[:WHITEN_IMAGES].detach().split(WHITEN_CHUNK):
+        chunk = chunk.to("cpu", torch.float64)
+        # each row one patch, its 12 values ordered (c, kh, kw) as the conv weights are
+        patches = F.unfold(chunk, kernel_size=2).transpose(1, 2).reshape(-1, 12)
+        total += patches.sum(0)
+        products += patches.T @ patches
+        count += len(patches)
+    mean = total / count
+    covariance = products / count - torch.outer(mean, mean)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
     order = eigenvalues.argsort(descending=True)  # strongest directions first
     filters = eigenvectors.T[order] / (eigenvalues[order, None] + eps).sqrt()
