@@ -76,6 +76,7 @@ def test_bad_sweeps_are_one_line_and_submit_nothing(project: Path, args, message
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (project / record.SWEEPS_DIR).exists() or not any((project / record.SWEEPS_DIR).iterdir())
+    assert len(git(project, "worktree", "list").splitlines()) == 1  # no point's worktree left behind
 
 
 def test_status_of_an_unknown_sweep(project: Path):
@@ -225,10 +226,10 @@ def test_sixteen_workspaces_made_at_once_all_come_out_whole(project: Path):
 
     commit_all(project)
     grid = [{"train.lr": 0.01 * (i + 1)} for i in range(16)]
-    sweep = record.Sweep("many", "local", "", [], ["train"], [], [], 4, points=_points("many", grid))
+    points = _points("many", grid)
     head = git(project, "rev-parse", "HEAD").strip()
-    _make_workspaces(project, sweep, head, project / ".dvc" / "cache")
-    for point in sweep.points:
+    _make_workspaces(project, "many", points, head)
+    for point in points:
         params = yaml.safe_load((project / point.workspace / "params.yaml").read_text())
         assert params["train"]["lr"] == point.overrides["train.lr"]
         assert git(project / point.workspace, "rev-parse", "HEAD").strip() == head

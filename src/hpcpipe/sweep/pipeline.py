@@ -30,6 +30,7 @@ class StageNode:
     params: tuple[str, ...] | None = ()  # keys read from params.yaml; None: the whole file
     metrics: tuple[str, ...] = ()  # the outs that are metrics files
     source: bool = False
+    param_files: tuple[str, ...] = ()  # every params file it reads (params.yaml included)
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,11 @@ class DvcProject:
         nodes = []
         for stage in self.repo.index.stages:
             params: tuple[str, ...] | None = ()
-            deps = []
+            deps, param_files = [], []
             for dep in stage.deps:
                 if isinstance(dep, ParamsDependency):
-                    if self._rel(dep.fs_path) == PARAMS_FILE:
+                    param_files.append(self._rel(dep.fs_path))
+                    if param_files[-1] == PARAMS_FILE:
                         params = tuple(dep.params) if dep.params else None
                 else:
                     deps.append(self._rel(dep.fs_path))
@@ -144,6 +146,7 @@ class DvcProject:
                     params=params,
                     metrics=tuple(self._rel(o.fs_path) for o in stage.outs if o.metric),
                     source=stage.is_data_source,
+                    param_files=tuple(param_files),
                 )
             )
         return nodes

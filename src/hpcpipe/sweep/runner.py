@@ -3,10 +3,13 @@
 Order of work, all on the login node, all before anything is queued:
 
 1. expand and validate every point (``grid``): a bad value fails in milliseconds;
-2. plan the pipeline (``pipeline``): which stages the swept keys change;
-3. bring the unchanged upstream stages up to date once, in the project
-   (``dvc repro prepare`` with the same cluster profile: usually a no-op);
-4. make one worktree per point (``workspace``) and write the sweep's record;
+2. start making one worktree per point (``workspace``), in a background thread;
+3. meanwhile plan the pipeline (``pipeline``): which stages the swept keys change,
+   and check that the unchanged upstream stages are up to date (``freshness``);
+   if not, bring them up to date once, in the project (``dvc repro prepare`` with
+   the same cluster profile);
+4. finish the worktrees (cache settings, the project's ``dvc.lock``) and write the
+   sweep's record; a failure before this point removes the worktrees again;
 5. submit: on Slurm ONE ``sbatch`` of a job array (``--array=0-N%P``); locally, at
    most P subprocesses at a time, started as others end.
 
@@ -18,13 +21,16 @@ that failed, were cancelled or never started, as a new array.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +39,7 @@ from hpcpipe.config import Profile, load_profile, resolve_profile_name
 from hpcpipe.launch import slurm_state
 from hpcpipe.launch.launcher import Interrupted, SignalsAsExceptions
 from hpcpipe.launch.watch import outcome_from_result, state_of
-from hpcpipe.sweep import record, workspace
+from hpcpipe.sweep import freshness, record, workspace
 from hpcpipe.sweep.experiments import read_metrics, save_experiment
 from hpcpipe.sweep.grid import describe, expand_grid, point_name, random_subset, validate_points
 from hpcpipe.sweep.pipeline import DvcProject, plan
@@ -76,42 +82,52 @@ def start(root: Path, request: SweepRequest) -> int:
     _check_profile(profile, request.detach)
     parallelism = _parallelism(request.parallelism, profile, len(points))
     keys = [key for point in points[:1] for key in point]
-    with DvcProject(root) as project:
-        nodes = project.nodes()
-        sweep_plan = plan(nodes, keys)
-        if not sweep_plan.affected:
-            raise ConfigError(
-                f"sweep: no stage reads {', '.join(keys) or 'the swept keys'}; points would not differ"
-            )
-        commit = workspace.base_commit(root)
-        outputs = {out for node in nodes for out in node.outs}
-        missing = [f for f in workspace.untracked_files(root) if not any(_inside(f, o) for o in outputs)]
-        if missing:
-            listed = ", ".join(missing[:5])
-            say(f"not in the points' workspaces (untracked; git add them to include): {listed}")
-        stale = project.changed(sweep_plan.reused)
-        cache_dir = project.cache_dir()
-    if stale:
-        say(f"sweep {name}: bringing {', '.join(sweep_plan.upstream)} up to date once, for every point")
-        from hpcpipe.launch.driver import repro_in_foreground
+    commit = workspace.base_commit(root)
+    entries = _points(name, points)
+    # The worktrees are git's work, in subprocesses: they are made while this process
+    # opens DVC's index, plans, and checks that the reused stages are up to date. On
+    # any failure before the record is written they are removed again.
+    with _unless_submitted(root, name, entries), ThreadPoolExecutor(max_workers=1) as background:
+        making = background.submit(_make_workspaces, root, name, entries, commit)
+        with DvcProject(root) as project:
+            nodes = project.nodes()
+            sweep_plan = plan(nodes, keys)
+            if not sweep_plan.affected:
+                raise ConfigError(
+                    f"sweep: no stage reads {', '.join(keys) or 'the swept keys'}; points would not differ"
+                )
+            outputs = {out for node in nodes for out in node.outs}
+            missing = [f for f in workspace.untracked_files(root) if not any(_inside(f, o) for o in outputs)]
+            if missing:
+                listed = ", ".join(missing[:5])
+                say(f"not in the points' workspaces (untracked; git add them to include): {listed}")
+            cache_dir = project.cache_dir()
+            stale = freshness.stale(project, nodes, sweep_plan.reused)
+        making.result()
+        if stale:
+            say(f"sweep {name}: bringing {', '.join(sweep_plan.upstream)} up to date once, for every point")
+            from hpcpipe.launch.driver import repro_in_foreground
 
-        code = repro_in_foreground(profile_name, list(sweep_plan.upstream), root)
-        if code != 0:
-            say(f"sweep {name}: dvc repro {' '.join(sweep_plan.upstream)} failed; nothing was submitted")
-            return code
-    sweep = Sweep(
-        name=name,
-        profile=profile_name,
-        base_commit=commit,
-        overrides=list(request.overrides),
-        affected=list(sweep_plan.affected),
-        checkout=list(sweep_plan.checkout),
-        metrics=list(sweep_plan.metrics),
-        parallelism=parallelism,
-        points=_points(name, points),
-    )
-    _make_workspaces(root, sweep, commit, cache_dir)
-    record.save(root, sweep)
+            code = repro_in_foreground(profile_name, list(sweep_plan.upstream), root)
+            if code != 0:
+                say(f"sweep {name}: dvc repro {' '.join(sweep_plan.upstream)} failed; nothing was submitted")
+                workspace.discard(root, [root / p.workspace for p in entries])
+                shutil.rmtree(record.sweep_dir(root, name), ignore_errors=True)
+                return code
+        for point in entries:
+            workspace.finish(root, root / point.workspace, cache_dir)  # dvc.lock as it is now
+        sweep = Sweep(
+            name=name,
+            profile=profile_name,
+            base_commit=commit,
+            overrides=list(request.overrides),
+            affected=list(sweep_plan.affected),
+            checkout=list(sweep_plan.checkout),
+            metrics=list(sweep_plan.metrics),
+            parallelism=parallelism,
+            points=entries,
+        )
+        record.save(root, sweep)
     return _run(root, sweep, profile, sweep.points, request.detach)
 
 
@@ -135,10 +151,22 @@ def resume(root: Path, name: str, parallelism: int | None, detach: bool) -> int:
     return _run(root, sweep, profile, todo, detach)
 
 
-def _make_workspaces(root: Path, sweep: Sweep, commit: str, cache_dir: Path) -> None:
-    """One worktree per point; a few at a time, since each is mostly waiting on git."""
-    from concurrent.futures import ThreadPoolExecutor
+@contextlib.contextmanager
+def _unless_submitted(root: Path, name: str, points: Sequence[Point]) -> Iterator[None]:
+    """On any failure (or Ctrl-C) before the sweep's record is written, remove its worktrees:
+    a later sweep of the same name must not find, and reuse, workspaces of other params."""
+    try:
+        yield
+    except BaseException:
+        folder = record.sweep_dir(root, name)
+        if not (folder / record.RECORD_FILE).exists():
+            workspace.discard(root, [root / p.workspace for p in points])
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
+
+def _make_workspaces(root: Path, name: str, points: Sequence[Point], commit: str) -> None:
+    """One worktree per point; a few at a time, since each is mostly waiting on git."""
     patch = workspace.uncommitted_patch(root)
     params = workspace.load_round_trip(root / "params.yaml")
 
@@ -148,14 +176,13 @@ def _make_workspaces(root: Path, sweep: Sweep, commit: str, cache_dir: Path) -> 
             root / point.workspace,
             commit=commit,
             patch=patch,
-            cache_dir=cache_dir,
             params=params,
             point=point.overrides,
-            group=sweep.name,
+            group=name,
         )
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(make, sweep.points))  # list(): re-raise the first failure here
+        list(pool.map(make, points))  # list(): re-raise the first failure here
 
 
 def _inside(path: str, folder: str) -> bool:

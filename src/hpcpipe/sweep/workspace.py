@@ -95,12 +95,15 @@ def create(
     *,
     commit: str,
     patch: bytes,
-    cache_dir: Path,
     params: Any,
     point: Mapping[str, Any],
     group: str | None,
 ) -> None:
     """Make ``workspace`` for one point (skipped if it exists: resume reuses it).
+
+    Not DVC-ready yet: ``finish`` adds the cache settings and the project's
+    ``dvc.lock`` once the reused stages are up to date (their entries are in it), so
+    worktrees can be made while DVC is still checking those.
 
     Safe to call from several threads for different points: ``git worktree add`` itself
     runs one at a time (two at once in one repo fail now and then: "failed to read
@@ -113,9 +116,23 @@ def create(
         git(root, "worktree", "add", "--detach", "--quiet", str(workspace), commit)
     if patch:
         git(workspace, "apply", "--binary", "--whitespace=nowarn", "-", stdin=patch)
-    if (root / "dvc.lock").exists():
-        shutil.copy2(root / "dvc.lock", workspace / "dvc.lock")
+    write_point_params(params, workspace / "params.yaml", point, group)
+
+
+def finish(root: Path, workspace: Path, cache_dir: Path) -> None:
+    """Point the workspace at the project's DVC cache (links before copies) and copy the
+    project's ``dvc.lock`` in, so the stages the point reuses are seen as done."""
     (workspace / ".dvc" / "config.local").write_text(
         f"[cache]\n    dir = {cache_dir}\n    type = {LINK_TYPES}\n"
     )
-    write_point_params(params, workspace / "params.yaml", point, group)
+    if (root / "dvc.lock").exists():
+        shutil.copy2(root / "dvc.lock", workspace / "dvc.lock")
+
+
+def discard(root: Path, workspaces: list[Path]) -> None:
+    """Remove worktrees made for a sweep that was never submitted (and their git records)."""
+    for path in workspaces:
+        if path.exists():
+            subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=root, capture_output=True)
+            shutil.rmtree(path, ignore_errors=True)
+    subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True)
