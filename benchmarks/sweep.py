@@ -10,7 +10,10 @@ over train.lr x train.batch_size, two points at a time, one math thread per poin
 
 Measured, in one invocation:
   submit  hpcpipe: command start -> the array is queued (the "submitted as" line), and
-          the median of --repeat ``hpcpipe sweep --detach`` calls (each cancelled at once);
+          --repeat ``hpcpipe sweep --detach`` calls (each cancelled at once): the first
+          one in the fresh project (DVC hashes prepare's inputs to say it is up to
+          date) and the median of the others (that answer remembered, see
+          ``hpcpipe.sweep.freshness``);
           DVC: the whole ``dvc exp run --queue -S ... -S ...`` call.
   wall    command start -> every point saved as a DVC experiment (hpcpipe waits and
           saves them; DVC: queue, start 2 workers, poll ``dvc queue status`` until none
@@ -163,8 +166,9 @@ def main() -> None:
                 make_project(root, Path(tmp) / "raw", env)
             submits = submit_times(ours_root, args.points, env, args.repeat)
             ours = run_hpcpipe(ours_root, args.points, env)
-            ours["submit_median"] = statistics.median(submits)
-            ours["repeat"] = len(submits)
+            ours["submit_first"] = submits[0]  # DVC hashes prepare's inputs: nothing remembered yet
+            ours["submit_median"] = statistics.median(submits[1:] or submits)
+            ours["repeat"] = len(submits[1:] or submits)
             theirs = run_dvc_queue(theirs_root, args.points, env)
     finally:
         if started:
@@ -184,7 +188,11 @@ def report(ours: dict[str, float], theirs: dict[str, float], points: int) -> Non
         f"{ours['submit'] / theirs['submit']:.2f} | hpcpipe < 2 s |"
     )
     print(
-        f"| submit {points} points, --detach, median of {ours['repeat']:.0f} (s) | "
+        f"| submit {points} points, --detach, first in the project (s) | "
+        f"{ours['submit_first']:.2f} | | | < 2 s |"
+    )
+    print(
+        f"| submit {points} points, --detach, median of the next {ours['repeat']:.0f} (s) | "
         f"{ours['submit_median']:.2f} | | | < 2 s |"
     )
     print(
