@@ -41,6 +41,21 @@ def test_parts_a_and_b_print_ours_baseline_and_ratio(committed_sample: Path, tmp
     assert cache.exists()
 
 
+def test_part_c_trains_both_sides_for_the_budget_and_reports_accuracy(committed_sample: Path, tmp_path: Path):
+    run = bench(
+        "c", "--data", str(committed_sample), "--cache", str(tmp_path / "tensors.pt"),
+        "--limit", "200", "--budget", "3",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    ours = re.search(r"c\. ours: .*, (\d+) epochs, (\d+) s, test accuracy ([\d.]+)", run.stdout)
+    base = re.search(r"c\. baseline: .*, ([\d.]+) epochs, (\d+) s, test accuracy ([\d.]+)", run.stdout)
+    assert ours and base, run.stdout
+    assert int(ours[1]) >= 1 and float(base[1]) > 0  # both trained
+    assert int(base[2]) >= int(ours[2]) >= 0  # the baseline gets at least the time ours took
+    assert 0 <= float(ours[3]) <= 1 and 0 <= float(base[3]) <= 1
+    assert "c. accuracy in the same budget: ours" in run.stdout
+
+
 def test_part_d_without_a_gpu_says_so_and_exits_0():
     pytest.importorskip("torch")
     import torch
