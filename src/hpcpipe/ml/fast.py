@@ -16,7 +16,7 @@ Measured (benchmarks/RESULTS.md; 2 CPU cores, no GPU, 2026-11-27):
 - the committed 10k-image sample, params.yaml as committed (width 0.5, 10 epochs):
   73.5-73.9% test accuracy, 5-7 minutes of training;
 - full CIFAR-10, width 0.5, 4 epochs (what fits 10 minutes on 2 cores):
-  84.3% in 623 s (``python benchmarks/train_speed.py c --budget 600``);
+  84.3% in 623-693 s (``python benchmarks/train_speed.py c --budget 600``);
 - on a GPU, with width 1 (airbench94's network): not measured yet, no GPU was at
   hand. airbench94's recipe, which this follows, reaches 94% mean test accuracy in
   ~10 epochs, a few seconds on an A100; ``python benchmarks/train_speed.py d``
