@@ -29,8 +29,9 @@ import textwrap
 import time
 from pathlib import Path
 
+from hpcpipe.launch.host_memory import OPT_OUT  # its switch back to glibc's defaults
+
 REPO = Path(__file__).resolve().parents[1]
-OPT_OUT = "HPCPIPE_HOST_ALLOCATOR"  # hpcpipe.launch.host_memory's switch
 TARGET_MB = 2048
 
 CHILD = textwrap.dedent(

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from hpcpipe.launch.host_memory import _glibc
+from hpcpipe.launch.host_memory import OPT_OUT, _glibc
 
 pytestmark = pytest.mark.skipif(_glibc() is None, reason="glibc's allocator only")
 
@@ -42,7 +42,7 @@ RELEASED_AFTER_FREE = textwrap.dedent(
 
 def _run(env_changes: dict[str, str | None]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "THP_MEM_ALLOC_ENABLE")}
-    env.pop("HPCPIPE_HOST_ALLOCATOR", None)
+    env.pop(OPT_OUT, None)
     for key, value in env_changes.items():
         if value is not None:
             env[key] = value
@@ -61,7 +61,7 @@ def test_tuned_process_gives_freed_activation_memory_back() -> None:
 
 def test_opting_out_keeps_glibc_defaults_and_its_resident_free_blocks() -> None:
     """The same pattern without tuning keeps the block resident: what the tuning is for."""
-    out = _run({"HPCPIPE_HOST_ALLOCATOR": "default"})
+    out = _run({OPT_OUT: "default"})
     assert out["SET"] == "[]"
     assert float(out["RELEASED"]) < 1.0
     assert out["THP"] == "None"

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from hpcpipe.sweep.pipeline import DvcProject, StageNode
+from hpcpipe.sweep.record import write_json_atomically
 
 MEMO = Path(".hpcpipe") / "upstream-fresh.json"
 ALWAYS_HASHED = ("dvc.yaml", "dvc.lock")
@@ -81,13 +82,7 @@ def _load(root: Path) -> dict[str, str]:
 
 
 def _store(root: Path, key: str, value: str) -> None:
-    memo = _load(root)
-    memo[key] = value
-    path = root / MEMO
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_json_atomically(root / MEMO, {**_load(root), key: value})
 
 
 def stale(project: DvcProject, nodes: Sequence[StageNode], stages: Sequence[str]) -> bool:

@@ -82,13 +82,16 @@ def sweep_dir(root: Path, name: str) -> Path:
     return root / SWEEPS_DIR / name
 
 
-def save(root: Path, sweep: Sweep) -> None:
-    folder = sweep_dir(root, sweep.name)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / RECORD_FILE
-    tmp = target.with_name(f".{RECORD_FILE}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(dataclasses.asdict(sweep), indent=1) + "\n")
+def write_json_atomically(target: Path, obj: Any) -> None:
+    """``obj`` as JSON at ``target``, whole or not at all (temp file + rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
     os.replace(tmp, target)
+
+
+def save(root: Path, sweep: Sweep) -> None:
+    write_json_atomically(sweep_dir(root, sweep.name) / RECORD_FILE, dataclasses.asdict(sweep))
 
 
 def load(root: Path, name: str) -> Sweep:

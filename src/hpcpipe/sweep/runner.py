@@ -111,8 +111,7 @@ def start(root: Path, request: SweepRequest) -> int:
             code = repro_in_foreground(profile_name, list(sweep_plan.upstream), root)
             if code != 0:
                 say(f"sweep {name}: dvc repro {' '.join(sweep_plan.upstream)} failed; nothing was submitted")
-                workspace.discard(root, [root / p.workspace for p in entries])
-                shutil.rmtree(record.sweep_dir(root, name), ignore_errors=True)
+                _remove_unsubmitted(root, name, entries)
                 return code
         for point in entries:
             workspace.finish(root, root / point.workspace, cache_dir)  # dvc.lock as it is now
@@ -158,11 +157,15 @@ def _unless_submitted(root: Path, name: str, points: Sequence[Point]) -> Iterato
     try:
         yield
     except BaseException:
-        folder = record.sweep_dir(root, name)
-        if not (folder / record.RECORD_FILE).exists():
-            workspace.discard(root, [root / p.workspace for p in points])
-            shutil.rmtree(folder, ignore_errors=True)
+        if not (record.sweep_dir(root, name) / record.RECORD_FILE).exists():
+            _remove_unsubmitted(root, name, points)
         raise
+
+
+def _remove_unsubmitted(root: Path, name: str, points: Sequence[Point]) -> None:
+    """The worktrees and folder of a sweep whose record was never written."""
+    workspace.discard(root, [root / p.workspace for p in points])
+    shutil.rmtree(record.sweep_dir(root, name), ignore_errors=True)
 
 
 def _make_workspaces(root: Path, name: str, points: Sequence[Point], commit: str) -> None:
