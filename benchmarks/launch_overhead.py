@@ -2,14 +2,17 @@
 
     bash slurm/testcluster/install && python benchmarks/launch_overhead.py [--repeat 5]
 
-In one run, each measured --repeat times (median reported), for a stage function
-that does nothing:
-  a. `hpcpipe`'s launcher (a fresh python process, as `dvc repro` starts it) submit -> exit 0
+In one run, each measured --repeat times (median reported), in a real DVC project
+(git + dvc init) whose dvc.yaml has a function stage and a command stage that do
+nothing, each launched as `dvc repro` launches it (`hpcpipe run NAME ...`, a fresh
+process, the stage looked up through DVC's own parser):
+  a. function stage `hpcpipe run fn --fn bench_stages:nothing --out out.txt`: submit -> exit 0
+  a2. command stage `hpcpipe run cmd -- python -c ...`: submit -> exit 0
   b. bare submitit, the same function, submit + result(), also in a fresh process
   c. `sbatch --wait --wrap true`
-  d. launcher start -> the sbatch call (a shim on PATH records when sbatch starts)
+  d. launcher start -> the sbatch call (a shim on PATH records when sbatch starts), per kind
   e. a job killed on its node (SIGKILL of the stage's process) -> the launcher's exit
-Ratios: a/b and a/c. Targets (issue 3): a - b <= 0.5 s, d <= 0.5 s, e <= 10 s.
+Ratios: a/b and a/c. Targets (issues 3, 12): a - b <= 0.5 s, a2 - b <= 0.5 s, d <= 0.5 s, e <= 10 s.
 Prints a Markdown block to paste into benchmarks/RESULTS.md.
 """
 
@@ -45,30 +48,38 @@ STAGES = textwrap.dedent(
         return {}
     """
 )
-LAUNCH = textwrap.dedent(
+DVC_YAML = textwrap.dedent(
     """
-    import sys
-    from pathlib import Path
-    from hpcpipe.config import load_params, load_profile
-    from hpcpipe.launch.launcher import launch
-    from hpcpipe.stages import StageSpec
-
-    root = Path.cwd()
-    spec = StageSpec("bench", "bench_stages:" + sys.argv[1], (), (), ("out",))
-    profile = load_profile("testcluster", root)
-    sys.exit(launch(spec, load_params(root / "params.yaml"), {"out": "out.txt"}, profile, root))
+    stages:
+      fn:
+        cmd: hpcpipe run fn --fn bench_stages:nothing --out out.txt
+        deps: [bench_stages.py]
+        params: [train.lr]
+        outs: [out.txt]
+      slow:
+        cmd: hpcpipe run slow --fn bench_stages:sleep_long --out slow.txt
+        deps: [bench_stages.py]
+        outs: [slow.txt]
+      cmd:
+        cmd: hpcpipe run cmd -- python -c "open('cmd.txt', 'w').write('ok')"
+        deps: [bench_stages.py]
+        params: [train.lr]
+        outs: [cmd.txt]
     """
 )
+FUNCTION = ["hpcpipe", "run", "fn", "--fn", "bench_stages:nothing", "--out", "out.txt"]
+COMMAND = ["hpcpipe", "run", "cmd", "--", "python", "-c", "open('cmd.txt', 'w').write('ok')"]
+SLOW = ["hpcpipe", "run", "slow", "--fn", "bench_stages:sleep_long", "--out", "slow.txt"]
 BARE = textwrap.dedent(
     """
     import submitit
     from bench_stages import nothing
     from pathlib import Path
-    from hpcpipe.config import load_params
+    from types import SimpleNamespace
 
     ex = submitit.SlurmExecutor(folder=".bare-jobs")
     ex.update_parameters(partition="cpu", time=10, cpus_per_task=1, mem="2GB")
-    job = ex.submit(nothing, load_params("params.yaml"), out=Path("bare.txt"))
+    job = ex.submit(nothing, SimpleNamespace(train={"lr": 0.1}), out=Path("bare.txt"))
     job.result()
     """
 )
@@ -96,19 +107,19 @@ def start_cluster() -> tuple[str, bool]:
 
 
 def make_project(root: Path) -> None:
-    for name in ("params.yaml", "configs"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
+    shutil.copy2(REPO / "params.yaml", root / "params.yaml")
     (root / "bench_stages.py").write_text(STAGES)
-    (root / "launch.py").write_text(LAUNCH)
+    (root / "dvc.yaml").write_text(DVC_YAML)
     (root / "bare.py").write_text(BARE)
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(command, cwd=root, check=True, capture_output=True)
 
 
 def kill_detection(root: Path) -> float:
     """Seconds from SIGKILL of the stage process (on the node) to the launcher's exit."""
     (root / "stage.pid").unlink(missing_ok=True)
     launcher = subprocess.Popen(
-        [sys.executable, "launch.py", "sleep_long"],
+        SLOW,
         cwd=root,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -132,6 +143,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     os.environ["SLURM_CONF"], started = start_cluster()
+    os.environ["HPCPIPE_CLUSTER"] = "testcluster"
     try:
         med = measure(args.repeat)
     finally:
@@ -151,18 +163,22 @@ def measure(repeat: int) -> dict[str, float]:
         shim.chmod(0o755)
         calls = root / "sbatch-calls.txt"
         shim_env = {**os.environ, "PATH": f"{shim_dir}:{os.environ['PATH']}", "SBATCH_CALLS": str(calls)}
-        launcher, bare, sbatch, to_sbatch, detect = [], [], [], [], []
+        runs: dict[str, list[float]] = {k: [] for k in ("launcher", "command", "bare", "sbatch", "detect")}
+        runs.update(to_sbatch=[], to_sbatch_command=[])
         for _ in range(repeat):
-            launcher.append(timed([sys.executable, "launch.py", "nothing"], root))
-            bare.append(timed([sys.executable, "bare.py"], root))
-            sbatch.append(timed(["sbatch", "--wait", "-p", "cpu", "-o", "/dev/null", "--wrap", "true"], root))
-            calls.unlink(missing_ok=True)
-            began = time.time()
-            timed([sys.executable, "launch.py", "nothing"], root, env=shim_env)
-            to_sbatch.append(float(calls.read_text().split()[0]) - began)
+            runs["launcher"].append(timed(FUNCTION, root))
+            runs["command"].append(timed(COMMAND, root))
+            runs["bare"].append(timed([sys.executable, "bare.py"], root))
+            runs["sbatch"].append(
+                timed(["sbatch", "--wait", "-p", "cpu", "-o", "/dev/null", "--wrap", "true"], root)
+            )
+            for key, argv in (("to_sbatch", FUNCTION), ("to_sbatch_command", COMMAND)):
+                calls.unlink(missing_ok=True)
+                began = time.time()
+                timed(argv, root, env=shim_env)
+                runs[key].append(float(calls.read_text().split()[0]) - began)
         for _ in range(max(1, repeat // 2)):
-            detect.append(kill_detection(root))
-    runs = {"launcher": launcher, "bare": bare, "sbatch": sbatch, "to_sbatch": to_sbatch, "detect": detect}
+            runs["detect"].append(kill_detection(root))
     return {k: statistics.median(v) for k, v in runs.items()}
 
 
@@ -171,11 +187,14 @@ def report(med: dict[str, float], repeat: int) -> None:
     print(f"command: python benchmarks/launch_overhead.py --repeat {repeat}  (medians)\n")
     print("| measure | seconds | target |")
     print("| --- | --- | --- |")
-    print(f"| a. hpcpipe launcher, no-op stage, submit -> exit 0 | {med['launcher']:.2f} | |")
+    print(f"| a. hpcpipe run, no-op function stage, submit -> exit 0 | {med['launcher']:.2f} | |")
+    print(f"| a2. hpcpipe run, no-op command stage, submit -> exit 0 | {med['command']:.2f} | |")
     print(f"| b. bare submitit submit + result(), same function | {med['bare']:.2f} | |")
     print(f"| c. sbatch --wait --wrap true | {med['sbatch']:.2f} | |")
     print(f"| overhead a - b | {med['launcher'] - med['bare']:.2f} | <= 0.5 |")
-    print(f"| d. launcher start -> sbatch call | {med['to_sbatch']:.2f} | <= 0.5 |")
+    print(f"| overhead a2 - b | {med['command'] - med['bare']:.2f} | <= 0.5 |")
+    print(f"| d. launcher start -> sbatch call, function stage | {med['to_sbatch']:.2f} | <= 0.5 |")
+    print(f"| d2. launcher start -> sbatch call, command stage | {med['to_sbatch_command']:.2f} | <= 0.5 |")
     print(f"| e. job SIGKILLed on its node -> launcher exit | {med['detect']:.2f} | <= 10 |")
     print(f"\nratios: a/b = {med['launcher'] / med['bare']:.2f}, a/c = {med['launcher'] / med['sbatch']:.2f}")
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.support.slurm import slurm_cluster  # noqa: F401  (a fixture, shared by the Slurm tests)
+from tests.support.tutorial_project import tutorial_project  # noqa: F401  (the second example)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "cifar10-sample.tar.xz"

@@ -1,10 +1,12 @@
 """The ``hpcpipe`` command. ``main(argv)`` returns the exit status, so tests call it directly.
 
-    hpcpipe run STAGE --ROLE PATH ...   run one pipeline stage as a job (a dvc.yaml cmd)
+    hpcpipe init [--stages a,b] [--undo] wrap this project's dvc.yaml commands in `hpcpipe run`
+    hpcpipe run NAME -- CMD ARGS...     run one dvc.yaml stage's command as a job (its cmd)
+    hpcpipe run NAME --fn MOD:FUNC --ROLE PATH ...   run a Python function stage as a job
     hpcpipe status                      the last job of each stage: state, node, elapsed, log
     hpcpipe logs STAGE [-f]             print or follow a stage's job log
     hpcpipe cancel STAGE | --all        cancel queued or running stage jobs
-    hpcpipe cluster [NAME]              print the resolved cluster profile and check it
+    hpcpipe cluster [NAME]              the resolved profile, each stage's resources, checks
     hpcpipe fetch                       download the raw data named in params.yaml
     hpcpipe sync [--dry-run] [--jobs N] [--watch]   upload finished offline W&B runs, once
     hpcpipe sweep -S KEY=VALUES ...     a grid as one job array; points come back as DVC experiments
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,24 +27,28 @@ from pathlib import Path
 import yaml
 
 from hpcpipe.config import load_params, load_profile, resolve_profile_name
-from hpcpipe.stages import STAGES, StageSpec
-from hpcpipe.validation import ConfigError
+from hpcpipe.validation import ConfigError, UsageError
 
 EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad command-line input; the message is the one line shown."""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpcpipe", description="Run DVC pipeline stages as Slurm jobs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run one stage through the cluster profile's executor")
-    run.add_argument("stage", choices=sorted(STAGES))
+    init = sub.add_parser("init", help="wrap each dvc.yaml stage command as `hpcpipe run NAME -- CMD`")
+    init.add_argument("--stages", help="comma-separated stage names (default: every stage)")
+    init.add_argument("--undo", action="store_true", help="give the stages back their plain commands")
+
+    run = sub.add_parser(
+        "run", help="run one dvc.yaml stage as a job: NAME -- CMD ..., or NAME --fn MOD:FUNC --ROLE PATH ..."
+    )
+    run.add_argument("stage", help="the stage's name in dvc.yaml (name@key for foreach/matrix members)")
+    run.add_argument("--fn", metavar="MOD:FUNC", help="a function stage: package.module:function")
     run.add_argument("--cluster", help="cluster profile (default: $HPCPIPE_CLUSTER, else detected)")
-    run.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    run.add_argument(
+        "--params", default="params.yaml", help="params file with the wandb: section (default: params.yaml)"
+    )
 
     cluster = sub.add_parser("cluster", help="print the resolved cluster profile")
     cluster.add_argument("name", nargs="?", help="profile name (default: $HPCPIPE_CLUSTER, else detected)")
@@ -56,12 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--cluster")
 
     logs = sub.add_parser("logs", help="print (or follow) the log of a stage's last job")
-    logs.add_argument("stage", choices=[*sorted(STAGES), "repro"])
+    logs.add_argument("stage", help="a stage name, or repro for the --detach driver")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job is over")
     logs.add_argument("--cluster")
 
     cancel = sub.add_parser("cancel", help="cancel a stage's job, or every stage's")
-    cancel.add_argument("stage", nargs="?", choices=sorted(STAGES))
+    cancel.add_argument("stage", nargs="?")
     cancel.add_argument("--all", action="store_true")
     cancel.add_argument("--cluster")
 
@@ -135,50 +140,62 @@ def cmd_sweep(rest: list[str]) -> int:
     return runner.start(root, request)
 
 
-def parse_stage_paths(spec: StageSpec, extra: list[str]) -> dict[str, str]:
-    """``--prepared data/prepared --model models/model.pt`` -> {role: path}.
-
-    The roles are the stage's (see ``hpcpipe.stages``); every one is required, so a
-    dvc.yaml that forgets an output fails here rather than after the job ran.
-    """
-    parser = argparse.ArgumentParser(prog=f"hpcpipe run {spec.name}", add_help=False, exit_on_error=False)
-    for role in spec.roles:
-        parser.add_argument(f"--{role}", dest=role, metavar="PATH")
-    try:
-        known, unknown = parser.parse_known_args(extra)
-    except argparse.ArgumentError as err:
-        raise UsageError(f"hpcpipe run {spec.name}: {err}") from None
-    expected = " ".join(f"--{r} PATH" for r in spec.roles)
-    if unknown:
-        raise UsageError(f"hpcpipe run {spec.name}: unexpected {' '.join(unknown)}; expected {expected}")
-    missing = [f"--{r}" for r in spec.roles if getattr(known, r) is None]
-    if missing:
-        raise UsageError(f"hpcpipe run {spec.name}: missing {', '.join(missing)}; expected {expected}")
-    return {role: getattr(known, role) for role in spec.roles}
-
-
-def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
-    from hpcpipe.launch.checks import account_problem
-    from hpcpipe.launch.launcher import launch, relative_to_root
+def cmd_run(args: argparse.Namespace, extra: list[str], command: list[str] | None) -> int:
+    """``hpcpipe run NAME -- CMD`` (a command stage) or ``--fn`` (a function stage)."""
+    from hpcpipe.config import stage_name_problem
+    from hpcpipe.launch.dvc_stage import load_stage
+    from hpcpipe.launch.launcher import launch
+    from hpcpipe.launch.stage_work import command_work, function_work
 
     root = Path.cwd()
-    spec = STAGES[args.stage]
-    paths = parse_stage_paths(spec, extra)
-    params = load_params(root / args.params)
+    if command is not None and args.fn:
+        raise UsageError(f"hpcpipe run {args.stage}: give --fn MOD:FUNC or a command after --, not both")
+    if command is not None and extra:
+        raise UsageError(f"hpcpipe run {args.stage}: unexpected {' '.join(extra)} before --")
+    if command is None and not args.fn:
+        raise UsageError(
+            f"hpcpipe run {args.stage}: give the stage's command after -- "
+            f"(hpcpipe run {args.stage} -- python src/{args.stage}.py) or --fn package.module:function"
+        )
+    if command is not None and not command:
+        raise UsageError(f"hpcpipe run {args.stage}: nothing after --; give the command to run")
     profile = load_profile(resolve_profile_name(args.cluster), root)
-    problem = account_problem(profile, os.environ)
+    stage = load_stage(root, args.stage)
+    problem = stage_name_problem(profile, stage.project_stages)
     if problem:
         raise ConfigError(problem)
-    paths = {role: relative_to_root(path, root) for role, path in paths.items()}
-    return launch(spec, params, paths, profile, root)
+    if command is not None:
+        work = command_work(stage, command, profile, root, args.params)
+    else:
+        work = function_work(stage, args.fn, extra, profile, root, args.params)
+    return launch(work, profile, root)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from hpcpipe.init_stages import init
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    return init(Path.cwd(), stages, args.undo)
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from hpcpipe.launch.checks import run_checks
+    from hpcpipe.config import stage_name_problem
+    from hpcpipe.launch.checks import Check, run_checks
+    from hpcpipe.launch.dvc_stage import project_stage_names
 
-    profile = load_profile(resolve_profile_name(args.name), Path.cwd())
+    root = Path.cwd()
+    profile = load_profile(resolve_profile_name(args.name), root)
     print(yaml.safe_dump(dataclasses.asdict(profile), sort_keys=False), end="")
-    checks = run_checks(profile, Path.cwd())
+    checks = run_checks(profile, root)
+    if (root / "dvc.yaml").exists():
+        names = project_stage_names(root)
+        print("resources of this project's stages:")
+        for name in names:
+            res = dataclasses.asdict(profile.resources(name))
+            shown = " ".join(f"{k}={v}" for k, v in res.items() if v not in (None, (), "") and k != "setup")
+            print(f"  {name}: {shown}")
+        problem = stage_name_problem(profile, names)
+        checks.append(Check("stage names", problem is None, problem or "every profile stage is in dvc.yaml"))
     print("checks:")
     for check in checks:
         print(f"  {check.line()}")
@@ -205,18 +222,9 @@ def cmd_repro(args: argparse.Namespace, dvc_args: list[str]) -> int:
         raise UsageError(
             f"hpcpipe repro --detach: profile {name!r} runs {profile.executor} jobs; it needs Slurm"
         )
-    from hpcpipe.launch.checks import account_problem
-    from hpcpipe.launch.executors import make_executor
-    from hpcpipe.launch.launcher import job_folder, ledger_entry, ledger_for, strip_inherited_slurm_env
+    from hpcpipe.launch.launcher import submit
 
-    problem = account_problem(profile, os.environ)
-    if problem:
-        raise ConfigError(problem)
-    folder = job_folder(root, profile, DRIVER)
-    executor = make_executor(profile, DRIVER, folder)
-    strip_inherited_slurm_env()
-    job = executor.submit(run_repro, str(root), name, dvc_args)
-    ledger_for(root, profile).put(ledger_entry(DRIVER, job, profile, "", folder))
+    job = submit(root, profile, DRIVER, run_repro, (str(root), name, dvc_args), "")
     print(f"submitted dvc repro as job {job.job_id}; follow it with: hpcpipe logs repro -f")
     return 0
 
@@ -289,7 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["sweep"]:  # its own grammar (-S may repeat, status/resume NAME): its own parser
         return _guarded(lambda: cmd_sweep(argv[1:]))
+    command = None
+    if argv[:1] == ["run"] and "--" in argv:  # everything after -- is the stage's own command
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1 :]
     args, extra = _parser().parse_known_args(argv)
+    if args.command == "run":
+        return _guarded(lambda: cmd_run(args, extra, command))
     return _guarded(lambda: _dispatch(args, extra))
 
 
@@ -303,13 +317,12 @@ def _guarded(command: Callable[[], int]) -> int:
 
 
 def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
-    if args.command == "run":
-        return cmd_run(args, extra)
     if args.command == "repro":
         return cmd_repro(args, extra)
     if extra:
         raise UsageError(f"hpcpipe {args.command}: unexpected {' '.join(extra)}")
     handlers = {
+        "init": cmd_init,
         "cluster": cmd_cluster,
         "status": cmd_status,
         "logs": cmd_logs,

@@ -5,9 +5,10 @@ Two files, two jobs:
 - ``params.yaml`` holds what changes results (data, subset sizes, model, learning
   rate...). DVC tracks each stage's sections, so a change reruns exactly the
   stages that read it.
-- ``configs/cluster/NAME.yaml`` holds where and how a stage runs (executor,
-  partition, GPUs, time limit, setup lines). DVC never sees it, so moving from a
-  laptop to Perlmutter reruns nothing.
+- a cluster profile holds where and how a stage runs (executor, partition, GPUs,
+  time limit, setup lines): the shipped ``hpcpipe/profiles/NAME.yaml`` with the
+  project's own ``configs/cluster/NAME.yaml`` over it (``hpcpipe.cluster_profiles``).
+  DVC never sees it, so moving from a laptop to Perlmutter reruns nothing.
 
 Everything is validated before a job is submitted: a bad value exits with one
 line naming file, key, value and what was expected (see ``validation``).
@@ -16,22 +17,28 @@ This module imports neither torch nor submitit: the launcher loads it on a login
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from hpcpipe.cluster_profiles import (  # noqa: F401  (re-exported: callers import them from here)
+    EXECUTORS,
+    PROFILE_DIR,
+    RESERVED_STAGES,
+    SHIPPED_DIR,
+    Profile,
+    Resources,
+    known_profiles,
+    load_profile,
+    stage_name_problem,
+)
 from hpcpipe.validation import ConfigError, build, non_negative, one_of, positive, rule
 
 PARAMS_FILE = "params.yaml"
-PROFILE_DIR = Path("configs") / "cluster"
 MODELS = ("tutorial", "resnet18", "fast")
 SCHEDULES = ("cosine", "triangle")
 DATA_SOURCES = ("cifar10", "imagefolder")
-EXECUTORS = ("local", "slurm", "inline")
 # Where Slurm clients find their configuration when $SLURM_CONF is unset (the
 # Debian/RHEL packages, and configless clusters' cached copy).
 SLURM_CONF_LOCATIONS = ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf", "/run/slurm/conf/slurm.conf")
@@ -108,14 +115,21 @@ class Params:
 
 
 def read_yaml(path: Path) -> Any:
-    """Parse a YAML file, turning the usual failures into one-line ConfigErrors."""
+    """Parse a YAML file, turning the usual failures into one-line ConfigErrors.
+
+    YAML 1.2, as DVC reads params files (ruamel): ``1e-5`` is the float 1e-05 here, in
+    DVC and in the job alike (PyYAML's YAML 1.1 would read it as a string).
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run from the project root (where dvc.yaml is)") from None
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
+        return YAML(typ="safe", pure=True).load(text)
+    except YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{line}: {getattr(err, 'problem', err)}") from None
@@ -127,81 +141,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
 
 
 # --------------------------------------------------------------------------- cluster profiles
-@dataclass(frozen=True)
-class Resources:
-    """What one stage asks of the scheduler. Unset (None) fields are left to the site."""
-
-    partition: str | None = None
-    constraint: str | None = None
-    qos: str | None = None
-    account: str | None = None
-    gpus: int = non_negative(default=0)
-    cpus: int = positive(default=1)
-    mem_gb: float | None = positive(default=None)
-    time_min: int = positive(default=60)
-    setup: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Profile:
-    """One site: how jobs are launched there and what each stage asks for."""
-
-    name: str
-    executor: str = one_of(*EXECUTORS)
-    job_dir: str = rule(bool, "a non-empty path", default=".hpcpipe/jobs")
-    poll_s: float = positive(default=0.5)
-    description: str = ""
-    # Sites that charge an allocation refuse jobs without one: checked before submitting.
-    # The account comes from the resources or from sbatch's own $SBATCH_ACCOUNT.
-    require_account: bool = False
-    # W&B in jobs is offline (no compute node waits on the network) unless the site's
-    # nodes can reach the W&B server; then runs stream live and `hpcpipe sync` is not needed.
-    wandb_online: bool = False
-    # How often a job cut by its time limit is requeued to resume from its checkpoint
-    # (submitit's max_num_timeout; preemptions do not count). A run of N time limits needs N - 1.
-    max_timeouts: int = non_negative(default=10)
-    defaults: Resources = field(default_factory=Resources)
-    stages: dict[str, Resources] = field(default_factory=dict)
-
-    def resources(self, stage: str) -> Resources:
-        """The stage's resources: its own entries over the profile's defaults."""
-        return self.stages.get(stage, self.defaults)
-
-
-def load_profile(name_or_path: str, root: Path = Path(".")) -> Profile:
-    """Load ``configs/cluster/NAME.yaml`` (or an explicit path) and validate it.
-
-    Per-stage entries are merged over ``defaults`` key by key, so a profile only
-    writes what differs for a stage.
-    """
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml"):
-        path = candidate
-    else:
-        path = root / PROFILE_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
-            known = sorted(p.stem for p in (root / PROFILE_DIR).glob("*.yaml"))
-            raise ConfigError(
-                f"cluster profile {name_or_path!r} not found in {root / PROFILE_DIR}; "
-                f"known: {', '.join(known) or 'none'}"
-            )
-    raw = read_yaml(path) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys, got {raw!r}")
-    raw_stages = raw.get("stages") or {}
-    if not isinstance(raw_stages, dict):
-        raise ConfigError(f"{path}: stages: expected a mapping of stage names, got {raw_stages!r}")
-    top = {k: v for k, v in raw.items() if k != "stages"}
-    top.setdefault("name", path.stem)
-    profile = build(Profile, top, source=path, prefix="")
-    defaults_raw = raw.get("defaults") or {}
-    stages: dict[str, Resources] = {}
-    for stage, overrides in raw_stages.items():
-        if overrides is not None and not isinstance(overrides, dict):
-            raise ConfigError(f"{path}: stages.{stage}: expected a mapping of resources, got {overrides!r}")
-        merged = {**defaults_raw, **(overrides or {})}
-        stages[stage] = build(Resources, merged, source=path, prefix=f"stages.{stage}")
-    return dataclasses.replace(profile, stages=stages)
+# The profile code lives in hpcpipe.cluster_profiles; its names are re-exported here.
 
 
 def resolve_profile_name(cli_choice: str | None, environ: dict[str, str] | None = None) -> str:

@@ -25,6 +25,10 @@ class ConfigError(ValueError):
     """A configuration value is wrong; the message is the one line shown to the user."""
 
 
+class UsageError(Exception):
+    """Bad command-line input; the message is the one line shown (exit status 2)."""
+
+
 def rule(check: Callable[[Any], bool], expected: str, **field_kwargs: Any) -> Any:
     """A dataclass field whose value must pass ``check``; ``expected`` completes 'expected ...'."""
     metadata = {"check": check, "expected": expected}

@@ -1,18 +1,19 @@
 """The launcher against the real one-node Slurm test cluster (slurm/testcluster).
 
 Every job here is a real Slurm job: sbatch, slurmctld, slurmd and sacct as on a
-cluster, with a node that imitates a GPU node. Stage functions are either the
-real CIFAR-10 stages (the pipeline test) or tests/support/fake_stages.py where
-the test is about launching (failure, time limit, signals, reattach).
+cluster, with a node that imitates a GPU node. Stages are either the real CIFAR-10
+stages (the pipeline tests) or, where the test is about launching (failure, time
+limit, signals, reattach), tests/support/fake_stages.py's functions and commands,
+declared in the temp project's dvc.yaml and launched with the `hpcpipe` command.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -20,42 +21,29 @@ import pytest
 import yaml
 
 from hpcpipe.launch.ledger import Ledger
-from tests.integration.test_launcher_local import files_containing, wait_for
+from tests.integration.test_launcher_local import files_containing, quoted, wait_for
+from tests.support.launch_project import add_command_stage, add_fake_stage
 from tests.support.slurm import REPO, sacct_row
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-DRIVER = textwrap.dedent(
-    """
-    import sys
-    from pathlib import Path
-    from hpcpipe.config import load_params, load_profile
-    from hpcpipe.launch.launcher import launch
-    from hpcpipe.stages import StageSpec
-
-    root = Path.cwd()
-    spec = StageSpec("fake", "fake_stages:" + sys.argv[1], ("train",), ("source",), ("result", "report"))
-    paths = {"source": "source.txt", "result": "out/result.txt", "report": "out/report"}
-    profile = load_profile(sys.argv[2], root)
-    sys.exit(launch(spec, load_params(root / "params.yaml"), paths, profile, root))
-    """
-)
-
 
 @pytest.fixture
 def slurm_project(fake_stage_project: Path, slurm_cluster, monkeypatch) -> Path:
+    """The fake-stage project on the test cluster, plus `testcluster-1min`: the same
+    profile with a one-minute time limit."""
     monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
-    (fake_stage_project / "driver.py").write_text(DRIVER)
-    short = yaml.safe_load((REPO / "configs" / "cluster" / "testcluster.yaml").read_text())
-    short["defaults"]["time_min"] = 1
+    short = {"extends": "testcluster", "defaults": {"time_min": 1}}
     (fake_stage_project / "configs" / "cluster" / "testcluster-1min.yaml").write_text(yaml.safe_dump(short))
     return fake_stage_project
 
 
-def start(project: Path, function: str, profile: str = "testcluster") -> subprocess.Popen:
+def launch(project: Path, args: list[str], profile: str = "testcluster") -> subprocess.Popen:
+    """The `hpcpipe` command with these arguments, as `dvc repro` starts a stage's cmd."""
     return subprocess.Popen(
-        [sys.executable, "driver.py", function, profile],
+        ["hpcpipe", *args],
         cwd=project,
+        env={**os.environ, "HPCPIPE_CLUSTER": profile},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -63,19 +51,28 @@ def start(project: Path, function: str, profile: str = "testcluster") -> subproc
     )
 
 
+def start(project: Path, function: str, profile: str = "testcluster") -> subprocess.Popen:
+    """The fake function stage ``fake_stages.FUNCTION``, declared in dvc.yaml and launched."""
+    return launch(project, add_fake_stage(project, function), profile)
+
+
 def ledger_job(project: Path, stage: str = "fake") -> str | None:
     entry = Ledger(project / ".hpcpipe" / "jobs" / "ledger").get(stage)
     return entry.job_id if entry else None
 
 
-def jobs_named(name: str, since: str) -> list[str]:
+def jobs_named(name: str, since: str, workdir: Path | None = None) -> list[str]:
+    """Ids of the jobs called ``name`` since ``since``; with ``workdir``, only those submitted
+    from there (the test cluster may be shared with another test session)."""
     out = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "--name", name, "-S", since, "-o", "JobID"],
+        ["sacct", "-X", "-n", "-P", "--name", name, "-S", since, "-o", "JobID,WorkDir"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return sorted(set(out.split()))
+    rows = [line.split("|", 1) for line in out.splitlines() if line]
+    here = workdir.resolve() if workdir else None
+    return sorted({job for job, where in rows if here is None or Path(where).resolve() == here})
 
 
 def squeue_state(job_id: str) -> str:
@@ -147,7 +144,7 @@ def test_ctrl_c_cancels_the_slurm_job(slurm_project: Path):
 def test_a_killed_launcher_is_replaced_without_a_second_job(slurm_project: Path):
     since = now()
     # sacct's -S has 1 s steps: the previous test's job can fall in the window
-    earlier = set(jobs_named("hpcpipe-fake", since))
+    earlier = set(jobs_named("hpcpipe-fake", since, slurm_project))
     first = start(slurm_project, "sleep_briefly")
     wait_for(lambda: ledger_job(slurm_project) is not None, timeout=60)
     job_id = ledger_job(slurm_project)
@@ -159,7 +156,7 @@ def test_a_killed_launcher_is_replaced_without_a_second_job(slurm_project: Path)
     _, err = second.communicate(timeout=300)
     assert second.returncode == 0, err
     assert f"reattached to job {job_id}" in err
-    assert [j for j in jobs_named("hpcpipe-fake", since) if j not in earlier] == [job_id]
+    assert [j for j in jobs_named("hpcpipe-fake", since, slurm_project) if j not in earlier] == [job_id]
     assert (slurm_project / "out" / "result.txt").read_text() == "done"
 
 
@@ -169,13 +166,41 @@ def test_a_changed_stage_cancels_the_stale_job_and_submits_anew(slurm_project: P
     stale = ledger_job(slurm_project)
     first.kill()
     first.communicate()
-    (slurm_project / "source.txt").write_text("a different input\n")
-    second = start(slurm_project, "write_outputs")
+    (slurm_project / "source.txt").write_text("a different input\n")  # the same cmd, another dep
+    second = start(slurm_project, "sleep_briefly")
     _, err = second.communicate(timeout=300)
     assert second.returncode == 0, err
     assert f"cancelled job {stale}" in err
     assert sacct_row(stale)[0].startswith("CANCELLED")
     assert ledger_job(slurm_project) != stale
+    assert (slurm_project / "out" / "result.txt").read_text() == "done"
+
+
+def test_a_command_stage_exits_with_its_commands_status_and_stderr(slurm_project: Path):
+    args = add_command_stage(slurm_project, "broken", ["python", "fake_stages.py", "fail", "3"])
+    driver = launch(slurm_project, args)
+    _, err = driver.communicate(timeout=300)
+    job_id = ledger_job(slurm_project, "broken")
+    assert driver.returncode == 3, err
+    assert f"job {job_id} FAILED" in err
+    assert quoted(err)[-1] == "giving up with status 3"
+    assert not any("Traceback" in line for line in quoted(err))
+
+
+def test_a_command_stage_cut_by_its_time_limit_saves_requeues_and_resumes(slurm_project: Path):
+    """Slurm's warning before the time limit reaches the command as SIGTERM (the profile's
+    `forward`); it saves into HPCPIPE_CHECKPOINT_DIR and exits, the job is requeued (same
+    id), and the next attempt of the same command finds what it saved."""
+    command = ["python", "fake_stages.py", "save-at-warning", "out/resumed.txt"]
+    args = add_command_stage(slurm_project, "long", command, outs=["out/resumed.txt"])
+    driver = launch(slurm_project, args, profile="testcluster-1min")
+    _, err = driver.communicate(timeout=400)
+    assert driver.returncode == 0, err
+    job_id = ledger_job(slurm_project, "long")
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    assert int(re.search(r"Restarts=(\d+)", shown).group(1)) >= 1
+    assert (slurm_project / "out" / "resumed.txt").read_text() == "resumed: saved at SIGTERM"
+    assert list((slurm_project / ".hpcpipe" / "jobs" / "long").glob("checkpoint-*")) == []
 
 
 def test_repro_sbatch_runs_every_stage_inline_in_one_allocation(project: Path, slurm_cluster):
@@ -195,7 +220,7 @@ def test_repro_sbatch_runs_every_stage_inline_in_one_allocation(project: Path, s
     assert all(f"Running stage '{s}'" in log for s in ("prepare", "train", "evaluate")), log
     assert "(inline: inline)" in log
     for stage in ("prepare", "train", "evaluate"):
-        assert jobs_named(f"hpcpipe-{stage}", since) == []  # no job inside the job
+        assert jobs_named(f"hpcpipe-{stage}", since, project) == []  # no job inside the job
 
 
 def test_repro_detach_submits_a_driver_that_submits_the_stages(project: Path, slurm_cluster, monkeypatch):
@@ -213,6 +238,6 @@ def test_repro_detach_submits_a_driver_that_submits_the_stages(project: Path, sl
     wait_for(lambda: squeue_state(driver_id) == "", timeout=900)
     assert sacct_row(driver_id)[0] == "COMPLETED"
     for stage, partition in (("prepare", "cpu"), ("train", "gpu"), ("evaluate", "gpu")):
-        jobs = jobs_named(f"hpcpipe-{stage}", since)
+        jobs = jobs_named(f"hpcpipe-{stage}", since, project)
         assert len(jobs) == 1 and sacct_row(jobs[0]) == ("COMPLETED", partition)
     assert (project / "metrics" / "evaluate.json").exists()

@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from hpcpipe.config import load_params
-from tests.conftest import PROJECT_FILES, REPO, update_params
+from tests.conftest import PROJECT_FILES, REPO, git, update_params
 from tests.integration.test_launcher_local import wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -45,6 +45,8 @@ FIRST_GUESS_EPOCHS = 40
 TRAIN = [
     "run",
     "train",
+    "--fn",
+    "hpcpipe.stages.train:train",
     "--prepared",
     "data/prepared",
     "--model",
@@ -67,6 +69,7 @@ def resume_project(tmp_path_factory, committed_sample: Path, slurm_cluster) -> P
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(src, dst)
+    git(root, "init", "-q", "-b", "main")  # DVC (so the launcher) opens a project only inside git
     update_params(
         root,
         prepare={"train_size": TRAIN_IMAGES, "test_size": 100},
@@ -77,9 +80,7 @@ def resume_project(tmp_path_factory, committed_sample: Path, slurm_cluster) -> P
     params = load_params(root / "params.yaml")
     params = dataclasses.replace(params, data=dataclasses.replace(params.data, path=str(committed_sample)))
     prepare(params, prepared=root / "data" / "prepared")
-    short = yaml.safe_load((root / "configs" / "cluster" / "testcluster.yaml").read_text())
-    short["defaults"]["time_min"] = 1
-    short["max_timeouts"] = 30
+    short = {"extends": "testcluster", "defaults": {"time_min": 1}, "max_timeouts": 30}
     (root / "configs" / "cluster" / "testcluster-1min.yaml").write_text(yaml.safe_dump(short))
     return root
 

@@ -59,7 +59,11 @@ def overlapping(intervals: list[tuple[float, float]]) -> int:
     [
         (
             ["-S", "train.lr=fast,0.1"],
-            "point 1 (train.lr=fast): params.yaml: train.lr: expected a number > 0",
+            "point 1 (train.lr=fast): params.yaml: train.lr: expected a number like its value",
+        ),
+        (  # the train function stage's schema, read from its --fn declaration
+            ["-S", "train.lr=0.1,-1"],
+            "point 2 (train.lr=-1): params.yaml: train.lr: expected a number > 0",
         ),
         (["-S", "train.nope=1,2"], "unknown key 'nope' in train"),
         (["-S", "train.lr=interval(0,1)"], "interval() is not supported"),

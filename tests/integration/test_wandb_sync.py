@@ -20,11 +20,12 @@ import pytest
 
 from hpcpipe import tracking
 from hpcpipe.cli import main
-from hpcpipe.config import Params, WandbParams, load_params, load_profile
+from hpcpipe.config import WandbParams, load_params, load_profile
 from hpcpipe.tracking.context import RunContext
 from hpcpipe.tracking.records import read_run
 from hpcpipe.tracking.run import LIVE_MARKER, SYNCED_MARKER, runs_root, segments
 from tests.conftest import update_params
+from tests.support.launch_project import add_command_stage, add_fake_stage
 
 FAKE_WANDB = """#!/usr/bin/env python3
 import os, sys
@@ -147,29 +148,61 @@ def test_a_requeued_run_uploads_only_its_complete_newest_segment(project, fake_w
 
 def test_the_launcher_hands_the_job_its_run_context(fake_stage_project, fake_wandb, monkeypatch):
     """A real local job (submitit subprocess): its W&B run carries the launcher's context."""
-    from hpcpipe.launch.launcher import launch
-    from hpcpipe.launch.ledger import fingerprint
-    from hpcpipe.stages import StageSpec
+    from hpcpipe.launch.dvc_stage import load_stage
 
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.delenv("SLURMD_NODENAME", raising=False)
     update_params(fake_stage_project, wandb={"enabled": True, "project": "t", "group": "demo"})
     root = fake_stage_project
-    spec = StageSpec("fake", "fake_stages:write_outputs", ("train",), ("source",), ("result", "report"))
-    paths = {"source": "source.txt", "result": "out/result.txt", "report": "out/report"}
-    params: Params = load_params(root / "params.yaml")
-    profile = load_profile("local", root)
-    assert launch(spec, params, paths, profile, root) == 0
+    args = add_fake_stage(root, "write_outputs")
+    fingerprint = load_stage(root, "fake").fingerprint
+    assert main(args) == 0
 
     (folder,) = list(runs_root(root).iterdir())
     run = read_run(segments(folder)[-1])
     assert run.group == "demo"
-    assert run.config["fingerprint"] == fingerprint(spec, params, paths, root)
+    assert run.config["fingerprint"] == fingerprint
+    profile = load_profile("local", root)
     resources = json.loads(json.dumps(dataclasses.asdict(profile.resources("fake"))))  # tuples -> lists
     assert run.config["resources"] == resources
-    assert run.config["params"] == {"train": dataclasses.asdict(params.train)}
+    train = load_params(root / "params.yaml").train
+    assert run.config["params"] == {"train": dataclasses.asdict(train)}
     assert run.config["profile"] == "local" and run.config["job_id"]
     assert not (folder / LIVE_MARKER).exists()
+
+
+def test_a_command_stage_run_goes_offline_into_the_project_and_is_synced_once(
+    fake_stage_project, fake_wandb, monkeypatch, capsys
+):
+    """A user's script calls plain ``wandb.init()``; the job's environment makes that run
+    offline, in the project's wandb/ folder, grouped by stage, so `hpcpipe sync` uploads it."""
+    from hpcpipe.launch.dvc_stage import load_stage
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the job sets it, not the test
+    update_params(fake_stage_project, wandb={"enabled": True, "project": "t"})
+    root = fake_stage_project
+    command = ["python", "fake_stages.py", "wandb-run", "out/wandb.json"]
+    args = add_command_stage(root, "scripted", command, outs=["out/wandb.json"], deps=["fake_stages.py"])
+    fingerprint = load_stage(root, "scripted").fingerprint
+    assert main(args) == 0
+    capsys.readouterr()
+
+    seen = json.loads((root / "out" / "wandb.json").read_text())
+    (folder,) = list(runs_root(root).iterdir())
+    assert seen["run_id"] == folder.name
+    env = seen["env"]
+    assert (env["WANDB_MODE"], env["WANDB_PROJECT"], env["WANDB_JOB_TYPE"]) == ("offline", "t", "scripted")
+    assert env["WANDB_RUN_GROUP"] == f"scripted-{fingerprint}"
+    assert not (folder / LIVE_MARKER).exists()
+    (segment,) = segments(folder)
+    run = read_run(segment)
+    assert run.run_id == folder.name and run.project == "t"
+    assert [row["loss"] for row in run.history] == [0.5]
+
+    code, out = sync(capsys=capsys)
+    assert code == 0 and out[-1] == "synced 1, failed 0, skipped 0"
+    assert calls(fake_wandb) == [f"sync {segment}"]
 
 
 def test_watch_keeps_syncing_until_ctrl_c(project, fake_wandb, monkeypatch, capsys):

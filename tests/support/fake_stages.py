@@ -1,19 +1,35 @@
-"""Stage functions for launcher tests: real files, real failures, no torch.
+"""Function stages and commands for launcher tests: real files, real failures, no torch.
 
 They stand in for the CIFAR-10 stages where a test is about the launcher (how a
-job is submitted, streamed, published, cancelled), not about training. They are
-imported by the job process, so the test copies this file into the project root.
+job is submitted, streamed, published, cancelled), not about training. The test
+copies this file into the project root (the ``fake_stage_project`` fixture), where
+
+- each function is a function stage, declared as the real ones are: its schema
+  (the example's ``train`` section, so ``params.train`` is a checked ``TrainParams``)
+  and its roles (``source``, ``result``, ``report``), named in dvc.yaml as
+  ``hpcpipe run fake --fn fake_stages:write_outputs --source source.txt ...``
+  (see tests/support/launch_project.py);
+- ``python fake_stages.py COMMAND ARGS...`` is a command stage's script
+  (``hpcpipe run NAME -- python fake_stages.py COMMAND ...``): see ``COMMANDS``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
+from hpcpipe.config import TrainParams
+from hpcpipe.stage_function import stage_function
 
+SCHEMA = {"train": TrainParams}
+
+
+# --------------------------------------------------------------------------- function stages
+@stage_function(schema=SCHEMA)
 def write_outputs(params, *, source: Path, result: Path, report: Path) -> dict:
     text = source.read_text()
     print(f"read {len(text)} characters", flush=True)
@@ -24,6 +40,7 @@ def write_outputs(params, *, source: Path, result: Path, report: Path) -> dict:
     return {"chars": len(text)}
 
 
+@stage_function(schema=SCHEMA)
 def fail_halfway(params, *, source: Path, result: Path, report: Path) -> dict:
     result.write_text("half written")
     report.mkdir()
@@ -32,6 +49,7 @@ def fail_halfway(params, *, source: Path, result: Path, report: Path) -> dict:
     raise RuntimeError("the stage broke on purpose")
 
 
+@stage_function(schema=SCHEMA)
 def sleep_then_write(params, *, source: Path, result: Path, report: Path) -> dict:
     Path("job.pid").write_text(str(os.getpid()))
     print("sleeping", flush=True)
@@ -41,18 +59,13 @@ def sleep_then_write(params, *, source: Path, result: Path, report: Path) -> dic
     return {}
 
 
+@stage_function(schema=SCHEMA)
 def forget_output(params, *, source: Path, result: Path, report: Path) -> dict:
     result.write_text("only one of two")
     return {}
 
 
-def torch_loaded(params, *, source: Path, result: Path, report: Path) -> dict:
-    """Reports whether the job process had torch imported (the launcher must not need it)."""
-    result.write_text(str("torch" in sys.modules))
-    report.mkdir()
-    return {}
-
-
+@stage_function(schema=SCHEMA)
 def sleep_briefly(params, *, source: Path, result: Path, report: Path) -> dict:
     """Long enough to kill the launcher while the job runs, short enough for a test."""
     print("working for 20 s", flush=True)
@@ -62,6 +75,7 @@ def sleep_briefly(params, *, source: Path, result: Path, report: Path) -> dict:
     return {}
 
 
+@stage_function(schema=SCHEMA)
 def count_to_three(params, *, source: Path, result: Path, report: Path, checkpoint: Path) -> dict:
     """A resumable stage: counts to 3, saving its count in ``checkpoint`` after each step.
 
@@ -79,3 +93,96 @@ def count_to_three(params, *, source: Path, result: Path, report: Path, checkpoi
     result.write_text(f"resumed after {done}")
     report.mkdir()
     return {"resumed_after": done}
+
+
+# --------------------------------------------------------------------------- commands
+def hello(out: str) -> int:
+    """Says hello on stdout and on stderr, and records what the job gave it in ``out``:
+    the hpcpipe variables, and whether the checkpoint folder existed while it ran."""
+    print("hello from the command", flush=True)
+    print("a command line on stderr", file=sys.stderr, flush=True)
+    checkpoint_dir = os.environ.get("HPCPIPE_CHECKPOINT_DIR", "")
+    seen = {
+        "stage": os.environ.get("HPCPIPE_STAGE"),
+        "checkpoint_dir": checkpoint_dir,
+        "checkpoint_dir_existed": bool(checkpoint_dir) and Path(checkpoint_dir).is_dir(),
+        "cwd": os.getcwd(),
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(seen))
+    return 0
+
+
+def fail(code: str) -> int:
+    """Exits ``code`` after some lines of its own on stderr."""
+    for i in range(3):
+        print(f"command stderr line {i}", file=sys.stderr, flush=True)
+    print(f"giving up with status {code}", file=sys.stderr, flush=True)
+    return int(code)
+
+
+def resume(out: str) -> int:
+    """A command that resumes: counts its attempts in $HPCPIPE_CHECKPOINT_DIR; the first
+    attempt fails (as if killed), the second finds the count and finishes."""
+    counter = Path(os.environ["HPCPIPE_CHECKPOINT_DIR"]) / "attempts"
+    before = int(counter.read_text()) if counter.exists() else 0
+    counter.write_text(str(before + 1))
+    if before == 0:
+        print("first attempt: stopping", file=sys.stderr, flush=True)
+        return 1
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(f"resumed after {before}")
+    return 0
+
+
+def save_at_warning(out: str) -> int:
+    """A long command that saves its state when told to stop (SIGTERM, as hpcpipe forwards
+    Slurm's time-limit warning) and, in its next attempt, finds it and finishes."""
+    state = Path(os.environ["HPCPIPE_CHECKPOINT_DIR"]) / "state"
+    if state.exists():
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(f"resumed: {state.read_text()}")
+        return 0
+
+    def save(signum: int, _frame: object) -> None:
+        state.write_text(f"saved at {signal.Signals(signum).name}")
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, save)
+    print("working until the time limit", flush=True)
+    time.sleep(600)
+    return 1
+
+
+def whoami(out: str) -> int:
+    """Writes $HPCPIPE_STAGE (the stage address the job was given) into ``out``."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(os.environ.get("HPCPIPE_STAGE", ""))
+    return 0
+
+
+def wandb_run(out: str) -> int:
+    """What a user's script does: a plain ``wandb.init()``, configured by the environment
+    only. Writes the run's id and the WANDB_* variables it saw into ``out``."""
+    import wandb
+
+    run = wandb.init()
+    run.log({"loss": 0.5})
+    run.finish()
+    seen = {k: v for k, v in os.environ.items() if k.startswith("WANDB_") and k != "WANDB_API_KEY"}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"run_id": run.id, "env": seen}))
+    return 0
+
+
+COMMANDS = {
+    "hello": hello,
+    "fail": fail,
+    "resume": resume,
+    "save-at-warning": save_at_warning,
+    "whoami": whoami,
+    "wandb-run": wandb_run,
+}
+
+if __name__ == "__main__":
+    sys.exit(COMMANDS[sys.argv[1]](*sys.argv[2:]))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from hpcpipe.config import load_params
+from hpcpipe.config import TrainParams
 from hpcpipe.launch.job import run_stage, staging_path
-from hpcpipe.stages import StageSpec
+from hpcpipe.launch.spec import StageSpec
+from tests.support.launch_project import FAKE_PATHS as PATHS
+from tests.support.launch_project import fake_params
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,9 +26,6 @@ def spec(function: str) -> StageSpec:
     )
 
 
-PATHS = {"source": "source.txt", "result": "out/result.txt", "report": "out/report"}
-
-
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     (tmp_path / "source.txt").write_text("abc")
@@ -34,15 +34,18 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def params():
-    return load_params(REPO / "params.yaml")
+    """What the launcher hands a fake stage: params.yaml's train section, checked."""
+    return fake_params(REPO / "params.yaml")
 
 
 def test_success_publishes_every_output_and_leaves_no_staging(workdir, params, monkeypatch):
     monkeypatch.chdir(REPO)  # so `tests.support` imports; run_stage chdirs to workdir itself
+    assert isinstance(params.train, TrainParams)  # a section with a schema arrives as its dataclass
     metrics = run_stage(spec("write_outputs"), params, PATHS, str(workdir))
     assert metrics == {"chars": 3}
     assert (workdir / "out" / "result.txt").read_text() == "ABC"
-    assert (workdir / "out" / "report" / "summary.json").exists()
+    summary = json.loads((workdir / "out" / "report" / "summary.json").read_text())
+    assert summary == {"chars": 3, "lr": params.train.lr}
     assert sorted(p.name for p in (workdir / "out").iterdir()) == ["report", "result.txt"]
 
 

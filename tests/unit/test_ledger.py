@@ -1,64 +1,50 @@
-"""The ledger's fingerprint changes exactly when a job's outcome could."""
+"""The ledger: one entry per stage, replaced atomically; the resources a job was asked for.
+
+What a job's outcome depends on (the fingerprint) is DVC's view of the stage: see
+test_dvc_stage.py. Here: what the ledger keeps beside it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
 
-from hpcpipe.config import load_params
-from hpcpipe.launch.ledger import Entry, Ledger, fingerprint
-from hpcpipe.stages import STAGES
-
-REPO = Path(__file__).resolve().parents[2]
-PATHS = {
-    "prepared": "data/prepared",
-    "model": "models/model.pt",
-    "metrics": "metrics/train.json",
-    "history": "metrics/train_history.csv",
-}
-
-
-def make_inputs(root: Path) -> None:
-    (root / "data" / "prepared").mkdir(parents=True)
-    (root / "data" / "prepared" / "train.pt").write_bytes(b"tensors")
-
-
-def test_same_stage_params_and_inputs_give_the_same_fingerprint(tmp_path):
-    make_inputs(tmp_path)
-    params = load_params(REPO / "params.yaml")
-    spec = STAGES["train"]
-    assert fingerprint(spec, params, PATHS, tmp_path) == fingerprint(spec, params, PATHS, tmp_path)
-
-
-def test_fingerprint_follows_the_params_slice_only(tmp_path):
-    make_inputs(tmp_path)
-    params = load_params(REPO / "params.yaml")
-    spec = STAGES["train"]
-    base = fingerprint(spec, params, PATHS, tmp_path)
-    other_lr = dataclasses.replace(params, train=dataclasses.replace(params.train, lr=params.train.lr / 2))
-    assert fingerprint(spec, other_lr, PATHS, tmp_path) != base
-    other_eval = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, batch_size=7))
-    assert fingerprint(spec, other_eval, PATHS, tmp_path) == base  # train does not read evaluate.*
-
-
-def test_fingerprint_follows_the_inputs(tmp_path):
-    make_inputs(tmp_path)
-    params = load_params(REPO / "params.yaml")
-    spec = STAGES["train"]
-    base = fingerprint(spec, params, PATHS, tmp_path)
-    data = tmp_path / "data" / "prepared" / "train.pt"
-    data.write_bytes(b"other tensors")
-    os.utime(data, ns=(1, 1))
-    assert fingerprint(spec, params, PATHS, tmp_path) != base
+from hpcpipe.config import Profile, Resources
+from hpcpipe.launch.launcher import resources_digest
+from hpcpipe.launch.ledger import Entry, Ledger
 
 
 def test_entries_round_trip_and_replace(tmp_path):
     ledger = Ledger(tmp_path / "ledger")
-    first = Entry("train", "11", "slurm", "abc", "/jobs/train", "/o", "/e", 100.0)
+    first = Entry("train", "11", "slurm", "abc", "/jobs/train", "/o", "/e", 100.0, resources="r1")
     ledger.put(first)
     ledger.put(dataclasses.replace(first, job_id="12"))
     assert ledger.get("train").job_id == "12"
+    assert ledger.get("train").resources == "r1"
     assert ledger.get("prepare") is None
     assert [e.stage for e in ledger.entries()] == ["train"]
     assert (tmp_path / "ledger").stat().st_mode & 0o777 == 0o700
+
+
+def test_foreach_members_and_nested_dvc_files_get_their_own_entries(tmp_path):
+    ledger = Ledger(tmp_path / "ledger")
+    for stage in ("fold@1", "fold@2", "sub/dvc.yaml:train"):
+        ledger.put(Entry(stage, stage, "local", "fp", "/f", "", "", 1.0))
+    assert ledger.get("sub/dvc.yaml:train").job_id == "sub/dvc.yaml:train"
+    assert sorted(e.stage for e in ledger.entries()) == ["fold@1", "fold@2", "sub/dvc.yaml:train"]
+    assert all("/" not in p.name.removesuffix(".json") for p in (tmp_path / "ledger").iterdir())
+
+
+def test_an_entry_written_before_resources_were_recorded_still_reads():
+    entry = Entry("train", "1", "slurm", "fp", "/f", "", "", 1.0)
+    assert entry.resources == ""  # never equal to a digest: such a job is not reattached
+
+
+def test_the_resources_digest_follows_what_the_scheduler_is_asked_for():
+    base = Profile(name="p", executor="slurm", stages={"train": Resources(gpus=1, mem_gb=32)})
+    digest = resources_digest(base, "train")
+    assert resources_digest(base, "train") == digest
+    more_memory = dataclasses.replace(base, stages={"train": Resources(gpus=1, mem_gb=64)})
+    assert resources_digest(more_memory, "train") != digest
+    longer = dataclasses.replace(base, stages={"train": Resources(gpus=1, mem_gb=32, time_min=600)})
+    assert resources_digest(longer, "train") != digest
+    assert resources_digest(dataclasses.replace(base, poll_s=9.0), "train") == digest  # not a resource

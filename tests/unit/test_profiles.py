@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcpipe.config import Profile, Resources, load_profile
+from hpcpipe.config import Profile, Resources, known_profiles, load_profile
 from hpcpipe.launch.profiles import executor_parameters, sbatch_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,9 +77,31 @@ def test_local_executor_gets_time_limit_and_gpu_visibility_only():
     }
 
 
+def test_foreach_members_take_their_own_entry_else_their_groups():
+    """DVC names the members of a foreach/matrix stage ``name@key``."""
+    group, big = Resources(gpus=1), Resources(gpus=4)
+    profile = Profile(name="p", executor="slurm", stages={"train": group, "train@big": big})
+    assert profile.resources("train@big") is big
+    assert profile.resources("train@small") is group
+    assert profile.resources("train") is group
+    assert profile.resources("prepare@0") is profile.defaults
+    assert executor_parameters(profile, "train@3")["gpus_per_node"] == 1
+
+
+def test_foreach_members_resolve_in_a_loaded_profile(tmp_path):
+    folder = tmp_path / "configs" / "cluster"
+    folder.mkdir(parents=True)
+    (folder / "mysite.yaml").write_text(
+        "extends: slurm\nstages:\n  featurize:\n    cpus: 16\n  featurize@images:\n    gpus: 1\n"
+    )
+    profile = load_profile("mysite", tmp_path)
+    assert profile.resources("featurize@text").cpus == 16
+    images = profile.resources("featurize@images")
+    assert (images.gpus, images.cpus, images.mem_gb) == (1, 2, 8)  # its own entry over the defaults
+
+
 def golden_cases() -> list[tuple[str, str]]:
-    names = sorted(p.stem for p in (REPO / "configs" / "cluster").glob("*.yaml"))
-    slurm = [n for n in names if load_profile(n, REPO).executor == "slurm"]
+    slurm = [n for n in known_profiles(REPO) if load_profile(n, REPO).executor == "slurm"]
     return [(name, stage) for name in slurm for stage in ("prepare", "train", "evaluate")]
 
 

@@ -8,19 +8,21 @@ run with the same seed (acceptance 3 of issue 6); the Slurm tests
 from __future__ import annotations
 
 import pickle
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from hpcpipe.config import load_params
 from hpcpipe.launch import job
+from hpcpipe.launch.spec import StageSpec
 from hpcpipe.ml.data import load_split, read_manifest
 from hpcpipe.ml.fast import whiten_init
 from hpcpipe.ml.loader import BatchLoader, normalize
 from hpcpipe.ml.models import build_model
 from hpcpipe.ml.training import SCHEDULES, Lookahead, Plan, fit, make_optimizer
-from hpcpipe.stages import StageSpec
+from tests.support.launch_project import FAKE_PATHS as PATHS
+from tests.support.launch_project import example_stage_work, fake_params
 
 CPU = torch.device("cpu")
 EPOCHS = 3
@@ -97,14 +99,13 @@ SPEC = StageSpec(
     outputs=("result", "report"),
     resumable=True,
 )
-PATHS = {"source": "source.txt", "result": "out/result.txt", "report": "out/report"}
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_job_resumes_from_its_checkpoint_and_removes_it_once_published(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # so `tests.support` imports; run_stage chdirs to the workdir itself
     (tmp_path / "source.txt").write_text("abc")
-    params = load_params(REPO / "params.yaml")
+    params = fake_params(REPO / "params.yaml")
     folder = tmp_path / job.CHECKPOINT_DIR
     folder.mkdir(parents=True)
     stale = folder / "checkpoint-fake-0000000000000000.pt"
@@ -122,22 +123,98 @@ def test_the_job_resumes_from_its_checkpoint_and_removes_it_once_published(tmp_p
     assert list(folder.iterdir()) == []  # published: nothing left to resume
 
 
-def test_only_resumable_stages_are_checkpointable_for_submitit():
+# The example's function stages as `hpcpipe run NAME --fn ...` submits them (dvc.yaml's roles and outs).
+EXAMPLE = {
+    "prepare": ({"prepared": "data/prepared"}, ("data/prepared",)),
+    "train": (
+        {"prepared": "data/prepared", "model": "m.pt", "metrics": "t.json", "history": "h.csv"},
+        ("m.pt", "t.json", "h.csv"),
+    ),
+    "evaluate": (
+        {"prepared": "data/prepared", "model": "m.pt", "metrics": "e.json", "confusion": "c.csv"},
+        ("e.json", "c.csv"),
+    ),
+}
+
+
+def submitted(name: str, tmp_path: Path):
+    """The callable the launcher submits for the example's stage ``name``."""
+    from hpcpipe.config import load_params
+
+    paths, outs = EXAMPLE[name]
+    return example_stage_work(tmp_path, name, paths, outs, load_params(REPO / "params.yaml")).function
+
+
+def test_only_resumable_stages_are_checkpointable_for_submitit(tmp_path):
     """submitit requeues a checkpointable job at its time limit; a stage that cannot
-    resume would repeat the same work and hit the same limit, so it is not one."""
+    resume would repeat the same work and hit the same limit, so it is not one. A function
+    stage is resumable when it takes a ``checkpoint`` (train does)."""
     from submitit.helpers import DelayedSubmission
 
-    from hpcpipe.stages import STAGES
-
     args = (SPEC, None, PATHS, "/project")
-    runner = job.stage_callable(STAGES["train"])
+    runner = submitted("train", tmp_path)
+    assert runner is job.run_resumable_stage
     delayed = runner.checkpoint(*args)
     assert isinstance(delayed, DelayedSubmission)
     assert delayed.function is runner and delayed.args == args
     # submitit pickles the callable into the job folder; it must travel by reference
     assert pickle.loads(pickle.dumps(runner)).__class__ is job.ResumableStageRunner
     for name in ("prepare", "evaluate"):
-        assert not hasattr(job.stage_callable(STAGES[name]), "checkpoint")
+        runner = submitted(name, tmp_path)
+        assert runner is job.run_stage and not hasattr(runner, "checkpoint")
+
+
+SAVE_ON_TERM = """
+import os, signal, sys, time
+from pathlib import Path
+state = Path(os.environ["HPCPIPE_CHECKPOINT_DIR"]) / "state"
+def save(*_):
+    state.write_text("saved at the warning")
+    sys.exit(7)
+signal.signal(signal.SIGTERM, save)
+Path("ready").write_text("")
+time.sleep(60)
+"""
+
+
+def test_a_command_stage_saves_at_the_warning_signal_and_is_requeued(tmp_path):
+    """A command stage can always resume (it is given HPCPIPE_CHECKPOINT_DIR). At Slurm's
+    warning, submitit calls the runner's ``checkpoint`` while the command runs: the
+    command gets the profile's signal (TERM), saves and exits, and the same call is
+    requeued; the checkpoint folder is kept for the next attempt."""
+    import sys
+    import threading
+
+    from submitit.helpers import DelayedSubmission
+
+    from hpcpipe.launch.command_job import CommandFailed, CommandJob, CommandRunner
+
+    folder = tmp_path / "checkpoint"
+    command = CommandJob(
+        argv=(sys.executable, "-c", SAVE_ON_TERM), workdir=str(tmp_path), stage="s",
+        checkpoint_dir=str(folder), grace_s=20,
+    )  # fmt: skip
+    runner = CommandRunner()
+    failures: list[BaseException] = []
+
+    def run_the_job() -> None:
+        try:
+            runner(command)
+        except BaseException as err:
+            failures.append(err)
+
+    job_thread = threading.Thread(target=run_the_job)
+    job_thread.start()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "ready").exists():
+        assert time.monotonic() < deadline and job_thread.is_alive(), failures
+        time.sleep(0.05)
+    delayed = runner.checkpoint(command)
+    job_thread.join(timeout=30)
+    assert isinstance(delayed, DelayedSubmission) and delayed.args == (command,)
+    assert isinstance(delayed.function, CommandRunner)
+    assert [type(f) for f in failures] == [CommandFailed] and failures[0].code == 7
+    assert (folder / "state").read_text() == "saved at the warning"
 
 
 def test_the_profile_sets_how_often_a_timed_out_job_is_requeued(tmp_path):

@@ -9,35 +9,73 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib
 import inspect
 import json
 import re
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from hpcpipe.config import Params
+from hpcpipe.config import Params, TrainParams
 from hpcpipe.ml.data import DataSourceError
-from hpcpipe.stages import STAGES
+from hpcpipe.stage_function import declaration, import_target, is_resumable, roles_of, stage_params
 from hpcpipe.stages.evaluate import evaluate
 from hpcpipe.stages.prepare import prepare
 from hpcpipe.stages.train import train
+from hpcpipe.validation import ConfigError
 
 MakeParams = Callable[..., Params]
 
 
-def test_registry_targets_take_exactly_their_declared_paths() -> None:
-    for spec in STAGES.values():
-        module, name = spec.target.split(":")
-        function = getattr(importlib.import_module(module), name)
-        keyword_only = [
-            p.name for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY
-        ]
-        expected = [*spec.roles, "checkpoint"] if spec.resumable else spec.roles
-        assert sorted(keyword_only) == sorted(expected), spec.name
+# --------------------------------------------------------------------------- declarations
+REPO = Path(__file__).resolve().parents[2]
+PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def out_paths(stage: dict) -> set[str]:
+    """Every path a dvc.yaml stage leaves behind: outs, metrics, plots (str or {path: opts})."""
+    entries = [e for key in ("outs", "metrics", "plots") for e in stage.get(key, [])]
+    return {e if isinstance(e, str) else next(iter(e)) for e in entries}
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINE))
+def test_each_example_stage_command_passes_its_function_exactly_its_paths(name: str) -> None:
+    """The example's dvc.yaml and its stage functions agree: the cmd names the function and
+    gives it exactly its keyword roles; the function's schema covers exactly the params
+    dvc.yaml lists (so DVC reruns it on exactly those); every path it writes is a DVC out
+    (published atomically, checked after the job) and every other path a dep."""
+    stage = PIPELINE[name]
+    argv = shlex.split(stage["cmd"])
+    assert argv[:4] == ["hpcpipe", "run", name, "--fn"]
+    function = import_target(argv[4])
+    flags, paths = argv[5::2], argv[6::2]
+    assert all(flag.startswith("--") for flag in flags) and len(flags) == len(paths)
+    roles = {flag[2:]: path for flag, path in zip(flags, paths, strict=True)}
+    parameters = inspect.signature(function).parameters.values()
+    keyword_only = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
+    expected = [*roles, "checkpoint"] if is_resumable(function) else list(roles)
+    assert sorted(keyword_only) == sorted(expected)
+    assert sorted(roles_of(function)) == sorted(roles)  # what `hpcpipe run` parses
+    assert sorted(declaration(function).schema) == sorted(stage["params"])
+    outs = out_paths(stage)
+    assert outs <= set(roles.values())
+    assert {path for path in roles.values() if path not in outs} <= set(stage["deps"])
+
+
+def test_the_params_a_stage_gets_are_checked_by_its_schema_and_others_left_plain() -> None:
+    section = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
+    decl = declaration(train)
+    params = stage_params({"train": section, "extra": {"any": [1]}}, decl, "train", "p.yaml", {"wandb": None})
+    assert params.train == TrainParams(**section)
+    assert params.extra == {"any": [1]} and params.wandb is None
+    with pytest.raises(ConfigError, match=r"^p\.yaml: train\.lr: expected a number > 0, got 'fast'$"):
+        stage_params({"train": {**section, "lr": "fast"}}, decl, "train", "p.yaml")
+    with pytest.raises(ConfigError, match=r"^stage train: its function reads params section\(s\) train, "):
+        stage_params({"evaluate": {"batch_size": 10}}, decl, "train", "p.yaml")
 
 
 # --------------------------------------------------------------------------- prepare

@@ -114,20 +114,52 @@ def test_apply_point_names_an_unknown_section_or_key(point, expected):
         apply_point({"train": {"lr": 0.05, "epochs": 40}, "data": {}}, point)
 
 
-def test_validate_points_loads_each_point_like_load_params():
+def test_validate_points_applies_each_point_to_the_params_file():
     points = expand_grid(["train.lr=0.1,0.05", "train.epochs=range(10,30,10)"])
     checked = validate_points(PARAMS, points)
     base = load_params(PARAMS)
-    assert [(p.train.lr, p.train.epochs) for p in checked] == [(0.1, 10), (0.1, 20), (0.05, 10), (0.05, 20)]
-    assert all(p.data == base.data and p.train.model == base.train.model for p in checked)
+    assert [(p["train"]["lr"], p["train"]["epochs"]) for p in checked] == [
+        (0.1, 10),
+        (0.1, 20),
+        (0.05, 10),
+        (0.05, 20),
+    ]
+    assert all(
+        p["data"]["path"] == base.data.path and p["train"]["model"] == base.train.model for p in checked
+    )
 
 
-def test_validation_failure_names_the_point_before_anything_is_submitted():
+def test_without_a_schema_a_value_must_keep_its_type():
+    """Any project: no hpcpipe schema, DVC's rule (the key exists) plus the value's type."""
     points = expand_grid(["train.lr=0.1,0.05,fast"])
-    expected = "point 3 (train.lr=fast): params.yaml: train.lr: expected a number > 0, got 'fast'"
+    expected = (
+        "point 3 (train.lr=fast): params.yaml: train.lr: expected a number like its value 1.5, got 'fast'"
+    )
     with pytest.raises(ConfigError) as err:
         validate_points(PARAMS, points)
     assert str(err.value) == expected
+    validate_points(PARAMS, expand_grid(["train.lr=1,2"]))  # an int where a float was: still a number
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer like its value 10, got 1\.5"):
+        validate_points(PARAMS, expand_grid(["train.epochs=1.5"]))
+
+
+def test_a_function_stages_schema_is_checked_too():
+    from hpcpipe.config import TrainParams
+
+    points = expand_grid(["train.lr=0.1,-1"])
+    validate_points(PARAMS, points)  # types alone let -1 through
+    with pytest.raises(
+        ConfigError, match=r"^point 2 \(train\.lr=-1\): params\.yaml: train\.lr: expected a number > 0"
+    ):
+        validate_points(PARAMS, points, {"train": TrainParams})
+
+
+def test_1e_5_is_a_float_as_dvc_reads_it(tmp_path):
+    """YAML 1.2 (DVC's ruamel): `1e-5` in a params file and in a grid is the float 1e-05."""
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  lr: 1e-5\n")
+    (point,) = validate_points(params, expand_grid(["train.lr=1e-5"]))
+    assert point["train"]["lr"] == 1e-05 and isinstance(point["train"]["lr"], float)
 
 
 def test_validation_failure_from_an_unknown_key_names_the_point():

@@ -15,11 +15,11 @@ import pytest
 from hpcpipe import tracking
 from hpcpipe.config import WandbParams, load_params
 from hpcpipe.launch.job import run_stage
-from hpcpipe.launch.ledger import fingerprint
-from hpcpipe.stages import STAGES
 from hpcpipe.tracking.context import RunContext, job_key, run_id
 from hpcpipe.tracking.records import read_run
 from hpcpipe.tracking.run import LIVE_MARKER, runs_root, segments
+from tests.conftest import update_params
+from tests.support.launch_project import example_stage_work
 
 REPO = Path(__file__).resolve().parents[2]
 CONTEXT = RunContext(
@@ -43,6 +43,15 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def enabled(params, **wandb):
     return dataclasses.replace(params, wandb=WandbParams(enabled=True, project="test", **wandb))
+
+
+def example_spec(name: str, paths: dict, outs: tuple, params, root: Path):
+    """The spec `hpcpipe run NAME --fn ...` submits for the example's stage (tracked or
+    not, resumable or not: from the function's own declaration)."""
+    return example_stage_work(root, name, paths, outs, params).args[0]
+
+
+TRAIN_OUTS = ("out/model.pt", "out/train.json", "out/history.csv")
 
 
 def only_run(workdir: Path) -> Path:
@@ -161,7 +170,9 @@ def test_a_failing_wandb_init_leaves_the_train_stage_complete(
         "metrics": "out/train.json",
         "history": "out/history.csv",
     }
-    metrics = run_stage(STAGES["train"], enabled(make_params()), paths, str(tmp_path), CONTEXT)
+    params = enabled(make_params())
+    spec = example_spec("train", paths, TRAIN_OUTS, params, tmp_path)
+    metrics = run_stage(spec, params, paths, str(tmp_path), CONTEXT)
     assert metrics["epochs"] == 1 and (tmp_path / "out" / "train.json").exists()
     warnings = [line for line in capsys.readouterr().err.splitlines() if "W&B" in line]
     assert warnings == ["hpcpipe: W&B off for this stage: UsageError: bad entity"]
@@ -180,7 +191,8 @@ def test_train_and_evaluate_log_curves_confusion_and_samples(
         "metrics": "out/train.json",
         "history": "out/history.csv",
     }
-    run_stage(STAGES["train"], params, paths, str(tmp_path), CONTEXT)
+    train_spec = example_spec("train", paths, TRAIN_OUTS, params, tmp_path)
+    run_stage(train_spec, params, paths, str(tmp_path), CONTEXT)
     eval_paths = {
         "prepared": str(prepared_sample),
         "model": "out/model.pt",
@@ -188,7 +200,9 @@ def test_train_and_evaluate_log_curves_confusion_and_samples(
         "confusion": "out/confusion.csv",
     }
     eval_context = dataclasses.replace(CONTEXT, stage="evaluate")
-    result = run_stage(STAGES["evaluate"], params, eval_paths, str(tmp_path), eval_context)
+    eval_outs = ("out/evaluate.json", "out/confusion.csv")
+    eval_spec = example_spec("evaluate", eval_paths, eval_outs, params, tmp_path)
+    result = run_stage(eval_spec, params, eval_paths, str(tmp_path), eval_context)
 
     train = read_run(segments(runs_root(tmp_path) / run_id(CONTEXT, "slurm-4242"))[-1])
     assert [row["epoch"] for row in train.history] == [1, 2]
@@ -203,22 +217,36 @@ def test_train_and_evaluate_log_curves_confusion_and_samples(
     assert [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()] == []
 
 
-def test_wandb_settings_are_outside_the_fingerprint_and_old_params_load(make_params, tmp_path):
+def test_wandb_settings_are_outside_the_fingerprint_and_old_params_load(project, tmp_path):
+    """The fingerprint (reattach, checkpoints, run identity) is the stage's content as DVC
+    sees it: switching W&B on changes nothing, a declared param does."""
+    from hpcpipe.launch.dvc_stage import load_stage
+    from hpcpipe.launch.stage_work import wandb_settings
+
     text = (REPO / "params.yaml").read_text()
     assert load_params(REPO / "params.yaml").wandb.enabled is False
     old = tmp_path / "params.yaml"
     old.write_text(text.split("\nwandb:")[0])
     assert load_params(old).wandb == WandbParams()
-    params = make_params()
-    paths = {"prepared": "p", "model": "m", "metrics": "x", "history": "h"}
-    spec = STAGES["train"]
-    assert fingerprint(spec, params, paths, tmp_path) == fingerprint(spec, enabled(params), paths, tmp_path)
+    assert wandb_settings(tmp_path, "params.yaml") is None  # a params file without wandb: no W&B
+
+    (project / "data" / "prepared").mkdir()  # train's input: it only has to exist here
+    before = load_stage(project, "train").fingerprint
+    update_params(project, wandb={"enabled": True, "project": "elsewhere", "group": "g"})
+    assert wandb_settings(project, "params.yaml") == WandbParams(enabled=True, project="elsewhere", group="g")
+    assert load_stage(project, "train").fingerprint == before
+    update_params(project, train={"lr": 0.123})
+    assert load_stage(project, "train").fingerprint != before
 
 
 def test_prepare_opens_no_run_even_with_wandb_on(offline, make_params, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     context = dataclasses.replace(CONTEXT, stage="prepare")
-    run_stage(STAGES["prepare"], enabled(make_params()), {"prepared": "out/prepared"}, str(tmp_path), context)
+    params = enabled(make_params())
+    paths = {"prepared": "out/prepared"}
+    spec = example_spec("prepare", paths, ("out/prepared",), params, tmp_path)
+    assert not spec.tracked  # declared so: @stage_function(..., tracked=False)
+    run_stage(spec, params, paths, str(tmp_path), context)
     assert (tmp_path / "out" / "prepared" / "manifest.json").exists()
     assert not runs_root(tmp_path).exists()
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from hpcpipe.launch.executors import JobState, backend
 from hpcpipe.launch.launcher import LogFollower
 from hpcpipe.launch.ledger import Entry, Ledger
-from hpcpipe.launch.watch import state_of
 
 COLUMNS = ("STAGE", "JOB", "STATE", "NODE", "ELAPSED", "LOG")
 
@@ -26,7 +23,7 @@ def _elapsed(entry: Entry, slurm_elapsed: str) -> str:
 def status_rows(ledger: Ledger) -> list[tuple[str, ...]]:
     rows = []
     for entry in ledger.entries():
-        state = state_of(entry.executor, entry.job_id, Path(entry.folder))
+        state = _state(entry)
         rows.append(
             (
                 entry.stage,
@@ -52,7 +49,7 @@ def show_logs(entry: Entry, follow: bool, poll_s: float) -> None:
     """Print the job's stdout and stderr; with ``follow``, keep printing until the job is over."""
     followers = [LogFollower(Path(entry.stdout), sys.stdout), LogFollower(Path(entry.stderr), sys.stderr)]
     while True:
-        state = state_of(entry.executor, entry.job_id, Path(entry.folder))
+        state = _state(entry)
         # a job Slurm has forgotten (or never recorded) will not write more
         finished = not follow or state.final or (state.state == "UNKNOWN" and entry.age_s > 60)
         for follower in followers:
@@ -64,11 +61,12 @@ def show_logs(entry: Entry, follow: bool, poll_s: float) -> None:
 
 def cancel(entry: Entry) -> bool:
     """Cancel the entry's job if it is still queued or running; True if it was."""
-    state = state_of(entry.executor, entry.job_id, Path(entry.folder))
+    state = _state(entry)
     if state.final or state.state == "UNKNOWN":
         return False
-    if entry.executor == "slurm":
-        subprocess.run(["scancel", entry.job_id], check=True, timeout=30)
-    else:  # the local controller turns SIGINT into stopping its task
-        os.kill(int(entry.job_id), signal.SIGINT)
+    backend(entry.executor).cancel([entry.job_id])
     return True
+
+
+def _state(entry: Entry) -> JobState:
+    return backend(entry.executor).state(entry.job_id, Path(entry.folder))

@@ -1,26 +1,37 @@
-"""The one place that turns a profile's executor kind into a submitit executor.
+"""The executor kinds behind one small interface, and the one place that picks between them.
 
-- ``slurm``: submitit's Slurm executor (sbatch, one job per stage).
+- ``slurm``: submitit's Slurm executor (sbatch, one job per stage, an array per sweep).
 - ``local``: submitit's local executor (a subprocess on this machine).
 - ``inline``: the stage runs in this process. Used inside an allocation
   (``sbatch slurm/repro.sbatch``), where submitting a job from the job would
   queue behind itself. submitit's own ``debug`` executor is not used for this:
   on failure it opens pdb on a terminal that ``dvc repro`` does not have.
 
-All three return objects with the small part of submitit's Job interface the
-launcher uses (``job_id``, ``state``, ``done()``, ``result()``, ``cancel()``,
-``paths``), so the stage code cannot tell which one ran it.
+Each kind is a ``Backend``: ``executor`` (what submits), ``watch`` (poll, outcome and
+cancel of a job this process holds), ``states`` and ``cancel`` (of jobs recorded
+earlier, by id: ``hpcpipe status``/``cancel``, sweeps), and ``reattach`` (a recorded
+job still worth waiting for). Callers ask ``backend(kind)`` and never branch on the
+kind themselves. All jobs have the small part of submitit's Job interface the
+launcher uses (``job_id``, ``state``, ``done()``, ``result()``, ``cancel()``, ``paths``),
+so the stage code cannot tell which one ran it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import signal
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hpcpipe.config import Profile
+from hpcpipe.launch import slurm_state
 from hpcpipe.launch.profiles import executor_parameters
+from hpcpipe.launch.watch import LocalWatch, SlurmWatch, pid_alive, recorded_outcome
+
+JobState = slurm_state.JobState
 
 
 class InlineJob:
@@ -60,17 +71,122 @@ class InlineExecutor:
         return InlineJob(func, args)
 
 
-def make_executor(profile: Profile, stage: str, folder: Path) -> Any:
-    """An executor for ``stage`` with the profile's resources applied.
+class Backend:
+    """One executor kind. The defaults suit kinds whose jobs end with their launcher."""
 
-    submitit is imported here, not at module level, so ``hpcpipe --help`` and
-    config errors stay fast.
-    """
-    if profile.executor == "inline":
+    kind = ""
+    # A job submitted from inside an allocation must not inherit the allocation's SLURM_*
+    # variables (SLURM_MEM_PER_NODE, SLURM_CPUS_PER_TASK, ...): sbatch would apply them.
+    strips_slurm_env = False
+
+    def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
+        raise NotImplementedError
+
+    def watch(self, job: Any) -> LocalWatch | SlurmWatch:
+        return LocalWatch(job)
+
+    def state(self, job_id: str, folder: Path) -> JobState:
+        return JobState("UNKNOWN")
+
+    def states(self, jobs: Iterable[tuple[str, Path]]) -> dict[str, JobState]:
+        """Recorded jobs' states by id, asking the scheduler as few times as it can."""
+        return {job_id: self.state(job_id, folder) for job_id, folder in jobs}
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """Cancel recorded jobs (queued or running) by id."""
+
+    def reattach(self, job_id: str, folder: Path) -> tuple[Any, JobState] | None:
+        """A recorded job that may still be running, as a job to watch again, with its state."""
+        return None
+
+
+class SlurmBackend(Backend):
+    kind = "slurm"
+    strips_slurm_env = True
+
+    def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
+        import submitit  # here, not at module level: `hpcpipe --help` and config errors stay fast
+
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_timeouts)
+        executor.update_parameters(**executor_parameters(profile, stage))
+        return executor
+
+    def watch(self, job: Any) -> SlurmWatch:
+        return SlurmWatch(job)
+
+    def state(self, job_id: str, folder: Path) -> JobState:
+        return slurm_state.query(job_id)
+
+    def states(self, jobs: Iterable[tuple[str, Path]]) -> dict[str, JobState]:
+        """One ``squeue``/``sacct`` pair per job array, not per task."""
+        found: dict[str, JobState] = {}
+        arrays: dict[str, slurm_state.ArrayStates | None] = {}
+        for job_id, _folder in jobs:
+            if "_" not in job_id:  # a plain job (submitit submits an array of one as one)
+                found[job_id] = slurm_state.query(job_id)
+                continue
+            array_id = job_id.split("_")[0]
+            if array_id not in arrays:
+                arrays[array_id] = slurm_state.query_array(array_id)
+            states = arrays[array_id]
+            found[job_id] = states.get(job_id) if states else JobState("UNKNOWN")
+        return found
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """scancel; a refusal raises (CalledProcessError), so nobody is told "cancelled" wrongly."""
+        if job_ids:
+            subprocess.run(["scancel", *job_ids], capture_output=True, check=True, timeout=30)
+
+    def reattach(self, job_id: str, folder: Path) -> tuple[Any, JobState] | None:
+        state = slurm_state.query(job_id)
+        if state.final or state.state == "UNKNOWN":
+            return None
+        import submitit
+
+        return submitit.SlurmJob(folder=folder, job_id=job_id), state
+
+
+class LocalBackend(Backend):
+    """A local job's id is its controller's pid: alive means running; its result pickle
+    says how it ended; neither means it was killed (CANCELLED)."""
+
+    kind = "local"
+
+    def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
+        import submitit
+
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=profile.max_timeouts)
+        executor.update_parameters(**executor_parameters(profile, stage))
+        return executor
+
+    def state(self, job_id: str, folder: Path) -> JobState:
+        if job_id.isdigit() and pid_alive(int(job_id)):
+            return JobState("RUNNING", node="localhost")
+        outcome = recorded_outcome(folder / f"{job_id}_0_result.pkl")
+        if outcome is not None:
+            return JobState("COMPLETED" if outcome else "FAILED", node="localhost")
+        return JobState("CANCELLED")
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:  # the local controller turns SIGINT into stopping its task
+            with contextlib.suppress(ValueError, ProcessLookupError):
+                os.kill(int(job_id), signal.SIGINT)
+
+
+class InlineBackend(Backend):
+    kind = "inline"
+
+    def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
         return InlineExecutor()
-    import submitit
 
-    kind = submitit.SlurmExecutor if profile.executor == "slurm" else submitit.LocalExecutor
-    executor = kind(folder=folder, max_num_timeout=profile.max_timeouts)
-    executor.update_parameters(**executor_parameters(profile, stage))
-    return executor
+
+BACKENDS: dict[str, Backend] = {b.kind: b for b in (SlurmBackend(), LocalBackend(), InlineBackend())}
+
+
+def backend(kind: str) -> Backend:
+    return BACKENDS[kind]
+
+
+def make_executor(profile: Profile, stage: str, folder: Path) -> Any:
+    """An executor for ``stage`` with the profile's resources applied."""
+    return backend(profile.executor).executor(profile, stage, folder)

@@ -32,7 +32,6 @@ stage's outputs are published.
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import time
@@ -40,19 +39,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hpcpipe.config import Params
 from hpcpipe.launch.host_memory import tune_host_allocator
-from hpcpipe.stages import StageSpec
+from hpcpipe.launch.spec import StageSpec
+from hpcpipe.stage_function import import_target
 from hpcpipe.tracking import RunContext, start_run
 
 TMP_MARK = ".tmp-"
 CHECKPOINT_DIR = Path(".hpcpipe") / "checkpoints"  # relative to the project, when not in a submitit job
-
-
-def import_target(target: str) -> Any:
-    """Resolve ``"package.module:function"``."""
-    module_name, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
 
 
 def staging_path(final: Path, token: str) -> Path:
@@ -100,7 +93,7 @@ def checkpoint_folder(workdir: str) -> Path:
         return Path(workdir) / CHECKPOINT_DIR
 
 
-def checkpoint_file(spec: StageSpec, params: Params, paths: Mapping[str, str], workdir: str, fp: str) -> Path:
+def checkpoint_file(spec: StageSpec, workdir: str, fp: str) -> Path:
     """The stage's checkpoint for fingerprint ``fp``; checkpoints of other fingerprints are removed."""
     folder = checkpoint_folder(workdir)
     path = folder / f"checkpoint-{spec.name}-{fp}.pt"
@@ -108,16 +101,6 @@ def checkpoint_file(spec: StageSpec, params: Params, paths: Mapping[str, str], w
         if stale != path:
             stale.unlink(missing_ok=True)
     return path
-
-
-def _fingerprint(
-    spec: StageSpec, params: Params, paths: Mapping[str, str], workdir: str, context: RunContext | None
-) -> str:
-    if context is not None:
-        return context.fingerprint  # fixed at submission: the same in every requeued attempt
-    from hpcpipe.launch.ledger import fingerprint
-
-    return fingerprint(spec, params, paths, Path(workdir))
 
 
 class ResumableStageRunner:
@@ -152,7 +135,7 @@ def stage_callable(spec: StageSpec) -> Any:
 
 def run_stage(
     spec: StageSpec,
-    params: Params,
+    params: Any,
     paths: Mapping[str, str],
     workdir: str,
     context: RunContext | None = None,
@@ -166,7 +149,7 @@ def run_stage(
     """
     os.chdir(workdir)
     tune_host_allocator()  # before the stage imports torch: see host_memory
-    func = import_target(spec.target)
+    func = import_target(spec.target, workdir)
     token = f"{os.getpid()}-{int(time.time())}"
     staged: dict[str, Path] = {}
     kwargs: dict[str, Path] = {}
@@ -181,9 +164,8 @@ def run_stage(
             kwargs[role] = final
     checkpoint: Path | None = None
     if spec.resumable:
-        checkpoint = checkpoint_file(
-            spec, params, paths, workdir, _fingerprint(spec, params, paths, workdir, context)
-        )
+        # the fingerprint fixed at submission: the same in every requeued attempt
+        checkpoint = checkpoint_file(spec, workdir, context.fingerprint if context else "direct")
     try:
         with start_run(params, context if spec.tracked else None, spec.sections, workdir):
             metrics = func(params, **kwargs, **({"checkpoint": checkpoint} if checkpoint else {}))

@@ -3,7 +3,8 @@
 An SSH drop or a SIGKILL ends the launcher but not its Slurm job. The next
 ``dvc repro`` (or ``hpcpipe run STAGE``) reads the ledger: if the stage's last
 job is still queued or running and was submitted for the same fingerprint
-(stage, its params slice, its inputs and code), the launcher waits for that job
+(the stage's content as DVC sees it: see ``dvc_stage``) and the same
+resources, the launcher waits for that job
 instead of submitting a second one; if the fingerprint changed, the stale job is
 cancelled first. ``hpcpipe status``, ``logs`` and ``cancel`` read it too.
 
@@ -13,17 +14,12 @@ One small JSON file per stage under the job directory, replaced atomically.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import importlib.util
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-from hpcpipe.config import Params
-from hpcpipe.stages import StageSpec
 
 
 @dataclass(frozen=True)
@@ -36,43 +32,16 @@ class Entry:
     stdout: str
     stderr: str
     submitted_at: float
+    resources: str = ""  # digest of what the scheduler was asked for (see launcher.resources_digest)
 
     @property
     def age_s(self) -> float:
         return time.time() - self.submitted_at
 
 
-def _path_signature(path: Path) -> list[list[object]]:
-    """Size and mtime of every file under ``path``: cheap, and changes whenever DVC rewrites it."""
-    if path.is_file():
-        stat = path.stat()
-        return [[str(path), stat.st_size, stat.st_mtime_ns]]
-    if not path.is_dir():
-        return [[str(path), None, None]]
-    rows: list[list[object]] = []
-    for folder, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            file = Path(folder) / name
-            stat = file.stat()
-            rows.append([str(file), stat.st_size, stat.st_mtime_ns])
-    return rows
-
-
-def fingerprint(spec: StageSpec, params: Params, paths: Mapping[str, str], root: Path) -> str:
-    """What a job's outcome depends on: the stage, its params slice, its inputs and its code."""
-    module = spec.target.partition(":")[0]
-    found = importlib.util.find_spec(module)  # locates the stage's source without importing it (no torch)
-    code = [Path(found.origin)] if found and found.origin else []
-    record = {
-        "stage": spec.name,
-        "target": spec.target,
-        "params": {s: dataclasses.asdict(getattr(params, s)) for s in spec.sections},
-        "paths": dict(sorted(paths.items())),
-        "inputs": [_path_signature(root / paths[role]) for role in spec.inputs],
-        "code": [_path_signature(p) for p in code],
-    }
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def file_safe(stage: str) -> str:
+    """A stage address as one file name: ``sub/dvc.yaml:train`` -> ``sub_dvc.yaml_train``."""
+    return stage.replace("/", "_").replace(":", "_")
 
 
 class Ledger:
@@ -80,11 +49,15 @@ class Ledger:
         self.folder = folder
 
     def _file(self, stage: str) -> Path:
-        return self.folder / f"{stage}.json"
+        return self.folder / f"{file_safe(stage)}.json"
 
     def get(self, stage: str) -> Entry | None:
+        return self._read(self._file(stage))
+
+    @staticmethod
+    def _read(file: Path) -> Entry | None:
         try:
-            return Entry(**json.loads(self._file(stage).read_text()))
+            return Entry(**json.loads(file.read_text()))
         except (FileNotFoundError, json.JSONDecodeError, TypeError):
             return None
 
@@ -97,6 +70,6 @@ class Ledger:
 
     def entries(self) -> Iterator[Entry]:
         for file in sorted(self.folder.glob("*.json")):
-            entry = self.get(file.stem)
+            entry = self._read(file)
             if entry is not None:
                 yield entry

@@ -5,6 +5,8 @@
   once Slurm says the job is over, so a dead job is reported within a poll or two.
 - local: the subprocess, through submitit's LocalJob.
 - inline: already finished when submitted.
+
+``executors.backend(kind).watch(job)`` picks the one for a job.
 """
 
 from __future__ import annotations
@@ -87,32 +89,22 @@ class LocalWatch:
         self.job.cancel()
 
 
-def watch_for(executor_kind: str, job: Any) -> SlurmWatch | LocalWatch:
-    return SlurmWatch(job) if executor_kind == "slurm" else LocalWatch(job)
-
-
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
 
-def state_of(executor_kind: str, job_id: str, folder: Path) -> slurm_state.JobState:
-    """A recorded job's state for ``hpcpipe status``: Slurm's word, or for a local job its
-    process and result pickle (the job id of a local job is its controller's pid)."""
-    if executor_kind == "slurm":
-        return slurm_state.query(job_id)
-    if executor_kind == "local" and job_id.isdigit() and _pid_alive(int(job_id)):
-        return slurm_state.JobState("RUNNING", node="localhost")
-    result = folder / f"{job_id}_0_result.pkl"
-    if result.exists():
-        from submitit.core.utils import pickle_load
+def recorded_outcome(pickle_path: Path) -> bool | None:
+    """Whether a job's result pickle says it succeeded; None when it wrote none."""
+    if not pickle_path.exists():
+        return None
+    from submitit.core.utils import pickle_load
 
-        status, _ = pickle_load(result)
-        return slurm_state.JobState("COMPLETED" if status == "success" else "FAILED", node="localhost")
-    return slurm_state.JobState("CANCELLED" if executor_kind == "local" else "UNKNOWN")
+    status, _ = pickle_load(pickle_path)
+    return status == "success"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):

@@ -15,19 +15,22 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hpcpipe import tracking
-from hpcpipe.config import Params
-from hpcpipe.ml.data import load_split, read_manifest, write_json
-from hpcpipe.ml.loader import BatchLoader
-from hpcpipe.ml.models import build_model
-from hpcpipe.ml.training import memory_format, pick_device, predict
+from hpcpipe.config import EvaluateParams, Params
+from hpcpipe.stage_function import stage_function
 
 
+@stage_function(schema={"evaluate": EvaluateParams})
 def evaluate(
     params: Params, *, prepared: Path, model: Path, metrics: Path, confusion: Path
 ) -> dict[str, Any]:
+    import torch  # in the job, not on the login node (see hpcpipe.stage_function)
+
+    from hpcpipe.ml.data import load_split, read_manifest, write_json
+    from hpcpipe.ml.loader import BatchLoader
+    from hpcpipe.ml.models import build_model
+    from hpcpipe.ml.training import memory_format, pick_device, predict
+
     device = pick_device()
     checkpoint = torch.load(model, map_location="cpu", weights_only=True)
     classes = checkpoint["classes"]

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpcpipe.config import Params
-from hpcpipe.ml.data import Dataset, load_source, save_prepared, stratified_subset
+from hpcpipe.config import DataParams, Params, PrepareParams
+from hpcpipe.stage_function import stage_function
 
 
+@stage_function(schema={"data": DataParams, "prepare": PrepareParams}, tracked=False)
 def prepare(params: Params, *, prepared: Path) -> dict[str, int]:
+    # in the job, not on the login node (see hpcpipe.stage_function)
+    from hpcpipe.ml.data import Dataset, load_source, save_prepared, stratified_subset
+
     raw = load_source(params.data.source, params.data.path)
     seed = params.prepare.seed
     subset = Dataset(

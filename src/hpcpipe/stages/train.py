@@ -16,29 +16,19 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from hpcpipe import tracking
-from hpcpipe.config import Params
-from hpcpipe.ml.data import load_split, read_manifest, torch_save, write_json
-from hpcpipe.ml.loader import BatchLoader
-from hpcpipe.ml.models import build_model
-from hpcpipe.ml.training import (
-    SCHEDULES,
-    EpochStats,
-    Lookahead,
-    Plan,
-    fit,
-    make_optimizer,
-    memory_format,
-    pick_device,
-)
+from hpcpipe.config import Params, TrainParams
+from hpcpipe.stage_function import stage_function
+
+if TYPE_CHECKING:
+    from hpcpipe.ml.training import EpochStats
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "lr", "images_per_s")
 
 
+@stage_function(schema={"train": TrainParams})
 def train(
     params: Params,
     *,
@@ -48,6 +38,23 @@ def train(
     history: Path,
     checkpoint: Path | None = None,
 ) -> dict[str, Any]:
+    # torch and the recipe are imported here, in the job: the launcher imports this module
+    # on the login node only to read the declaration above (see hpcpipe.stage_function)
+    import torch
+
+    from hpcpipe.ml.data import load_split, read_manifest, torch_save, write_json
+    from hpcpipe.ml.loader import BatchLoader
+    from hpcpipe.ml.models import build_model
+    from hpcpipe.ml.training import (
+        SCHEDULES,
+        Lookahead,
+        Plan,
+        fit,
+        make_optimizer,
+        memory_format,
+        pick_device,
+    )
+
     p = params.train
     device = pick_device()
     torch.manual_seed(p.seed)  # the model's initial weights; the loader has its own seeded stream

@@ -1,4 +1,4 @@
-"""Sweep grids: DVC's ``-S`` overrides -> grid points -> validated Params, before any submission.
+"""Sweep grids: DVC's ``-S`` overrides -> grid points -> validated params, before any submission.
 
 Pure on purpose: expanding and checking a grid needs no Slurm, no DVC repo and no
 network, so a typo in point 37 fails on the login node in milliseconds with one
@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hpcpipe.config import Params, read_yaml
+from hpcpipe.config import read_yaml
 from hpcpipe.validation import ConfigError, build
 
 GRAMMAR = "KEY=VALUE[,VALUE...], KEY=choice(VALUE,...) or KEY=range(start,stop[,step])"
@@ -152,8 +152,31 @@ def describe(point: Mapping[str, Any]) -> str:
     return ", ".join(f"{key}={_text(value)}" for key, value in point.items()) or "params.yaml as is"
 
 
-def validate_points(params_path: Path, points: Sequence[Mapping[str, Any]]) -> list[Params]:
-    """Every point applied to params.yaml and checked like ``load_params``; 1-based point numbers."""
+def _same_kind(current: Any, value: Any) -> bool:
+    """A swept value keeps the type of the value it replaces (an int is a number too)."""
+    if current is None or value is None:
+        return True
+    if isinstance(current, bool) or isinstance(value, bool):
+        return isinstance(current, bool) and isinstance(value, bool)
+    if isinstance(current, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(current))
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(type(value), type(value).__name__)
+
+
+def validate_points(
+    params_path: Path, points: Sequence[Mapping[str, Any]], schemas: Mapping[str, type] | None = None
+) -> list[dict[str, Any]]:
+    """Every point applied to the params file; 1-based point numbers in errors.
+
+    Any project (no schema): each key must exist (DVC's rule) and keep the type of its
+    current value. Sections that a function stage declares a schema for are checked
+    against it as well.
+    """
     params_path = Path(params_path)
     raw = read_yaml(params_path)
     if not isinstance(raw, dict):
@@ -161,10 +184,28 @@ def validate_points(params_path: Path, points: Sequence[Mapping[str, Any]]) -> l
     checked = []
     for number, point in enumerate(points, start=1):
         try:
-            checked.append(build(Params, apply_point(raw, point), source=params_path.name, prefix=""))
+            applied = apply_point(raw, point)
+            for key, value in point.items():
+                current = _lookup(raw, key)
+                if not _same_kind(current, value):
+                    raise ConfigError(
+                        f"{params_path.name}: {key}: expected {_kind(current)} like its value "
+                        f"{current!r}, got {value!r}"
+                    )
+            for section, schema in (schemas or {}).items():
+                if section in applied:
+                    build(schema, applied[section], source=params_path.name, prefix=section)
         except ConfigError as err:
             raise ConfigError(f"point {number} ({describe(point)}): {err}") from None
+        checked.append(applied)
     return checked
+
+
+def _lookup(params: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = params
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 def point_name(point: Mapping[str, Any]) -> str:

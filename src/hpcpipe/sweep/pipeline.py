@@ -31,6 +31,7 @@ class StageNode:
     metrics: tuple[str, ...] = ()  # the outs that are metrics files
     source: bool = False
     param_files: tuple[str, ...] = ()  # every params file it reads (params.yaml included)
+    cmd: str = ""  # as DVC resolved it
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class DvcProject:
                     metrics=tuple(self._rel(o.fs_path) for o in stage.outs if o.metric),
                     source=stage.is_data_source,
                     param_files=tuple(param_files),
+                    cmd=stage.cmd if isinstance(getattr(stage, "cmd", None), str) else "",
                 )
             )
         return nodes

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcpipe.files import write_json_atomically
 from hpcpipe.validation import ConfigError
 
 SWEEPS_DIR = Path(".hpcpipe") / "sweeps"
@@ -80,14 +80,6 @@ def default_name(now: float | None = None) -> str:
 
 def sweep_dir(root: Path, name: str) -> Path:
     return root / SWEEPS_DIR / name
-
-
-def write_json_atomically(target: Path, obj: Any) -> None:
-    """``obj`` as JSON at ``target``, whole or not at all (temp file + rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, target)
 
 
 def save(root: Path, sweep: Sweep) -> None:

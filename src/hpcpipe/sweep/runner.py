@@ -37,8 +37,10 @@ from typing import Any
 
 from hpcpipe.config import Profile, load_profile, resolve_profile_name
 from hpcpipe.launch import slurm_state
+from hpcpipe.launch.executors import backend
 from hpcpipe.launch.launcher import Interrupted, SignalsAsExceptions
-from hpcpipe.launch.watch import outcome_from_result, state_of
+from hpcpipe.launch.watch import outcome_from_result
+from hpcpipe.stage_function import function_schemas
 from hpcpipe.sweep import freshness, record, workspace
 from hpcpipe.sweep.experiments import read_metrics, save_experiment
 from hpcpipe.sweep.grid import describe, expand_grid, point_name, random_subset, validate_points
@@ -96,6 +98,10 @@ def start(root: Path, request: SweepRequest) -> int:
                 raise ConfigError(
                     f"sweep: no stage reads {', '.join(keys) or 'the swept keys'}; points would not differ"
                 )
+            affected = set(sweep_plan.affected)
+            schemas = function_schemas((n.cmd for n in nodes if n.name in affected), root)
+            if schemas:
+                validate_points(root / "params.yaml", points, schemas)
             outputs = {out for node in nodes for out in node.outs}
             missing = [f for f in workspace.untracked_files(root) if not any(_inside(f, o) for o in outputs)]
             if missing:
@@ -231,35 +237,28 @@ def _points(name: str, grid: Sequence[dict[str, Any]]) -> list[Point]:
 
 
 def _job_folder(root: Path, name: str) -> Path:
-    """Submitit's pickles run code when loaded: owner-only, as the stage job folders are."""
-    folder = record.sweep_dir(root, name) / "jobs"
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in (folder, folder.parent, folder.parent.parent):
-        path.chmod(0o700)
-    return folder
+    return record.sweep_dir(root, name) / "jobs"
 
 
-def _executor(root: Path, sweep: Sweep, profile: Profile) -> Any:
-    from hpcpipe.launch.executors import make_executor
+def _tuned(sweep: Sweep, profile: Profile) -> tuple[Profile, str]:
+    """The profile with one more entry: what one point's task asks for (all its stages)."""
     from hpcpipe.launch.profiles import sweep_resources
 
     key = f"sweep-{sweep.name}"  # becomes the job name: hpcpipe-sweep-NAME
     resources = sweep_resources(profile, sweep.affected)
-    tuned = dataclasses.replace(profile, stages={**profile.stages, key: resources})
-    return make_executor(tuned, key, _job_folder(root, sweep.name))
+    return dataclasses.replace(profile, stages={**profile.stages, key: resources}), key
 
 
 def _submit_array(root: Path, sweep: Sweep, profile: Profile, points: Sequence[Point]) -> None:
     """ONE sbatch: a job array of the points, at most ``parallelism`` running at once."""
-    from hpcpipe.launch.launcher import strip_inherited_slurm_env
+    from hpcpipe.launch.launcher import submit_array
     from hpcpipe.sweep.task import run_point
 
-    executor = _executor(root, sweep, profile)
-    executor.update_parameters(array_parallelism=min(sweep.parallelism, len(points)))
-    strip_inherited_slurm_env()
+    tuned, key = _tuned(sweep, profile)
     n = len(points)
-    jobs = executor.map_array(
-        run_point, [str(root / p.workspace) for p in points], [sweep.checkout] * n, [sweep.affected] * n
+    args = [[str(root / p.workspace) for p in points], [sweep.checkout] * n, [sweep.affected] * n]
+    jobs = submit_array(
+        root, tuned, key, run_point, args, _job_folder(root, sweep.name), min(sweep.parallelism, n)
     )
     now = time.time()
     for point, job in zip(points, jobs, strict=True):
@@ -276,8 +275,11 @@ class LocalPool:
     """Local points as submitit subprocesses, at most ``parallelism`` at a time."""
 
     def __init__(self, root: Path, sweep: Sweep, profile: Profile) -> None:
+        from hpcpipe.launch.launcher import prepared_executor, private_folder
+
         self.root, self.sweep = root, sweep
-        self.executor = _executor(root, sweep, profile)
+        tuned, key = _tuned(sweep, profile)
+        self.executor = prepared_executor(tuned, key, private_folder(_job_folder(root, sweep.name), root))
         self.jobs: dict[int, Any] = {}  # point number -> LocalJob, reaped when done
 
     def fill(self, points: Sequence[Point]) -> None:
@@ -352,9 +354,11 @@ def _cancel(sweep: Sweep, points: Sequence[Point], pool: LocalPool | None) -> No
     if pool is not None:
         pool.cancel()
     live = [p for p in points if p.attempts and not _final(p.state) and p.state not in NOT_STARTED]
-    tasks = [p.attempts[-1].job_id for p in live if p.attempts[-1].executor == "slurm"]
-    if tasks:
-        subprocess.run(["scancel", *tasks], capture_output=True, check=False)
+    for kind in {p.attempts[-1].executor for p in live}:
+        try:
+            backend(kind).cancel([p.attempts[-1].job_id for p in live if p.attempts[-1].executor == kind])
+        except (OSError, subprocess.SubprocessError) as err:
+            say(f"sweep {sweep.name}: cancelling its {kind} jobs failed: {err}")
     for point in live:
         point.state = "CANCELLED"
 
@@ -371,21 +375,15 @@ def _label(sweep: Sweep, point: Point) -> str:
 def _refresh(root: Path, sweep: Sweep, points: Sequence[Point] | None = None) -> None:
     """Ask where each unfinished point stands; save finished ones as experiments."""
     points = sweep.points if points is None else points
-    arrays: dict[str, slurm_state.ArrayStates | None] = {}
+    unfinished = [p for p in points if p.attempts and not _final(p.state)]
+    states: dict[str, slurm_state.JobState] = {}
+    for kind in {p.attempts[-1].executor for p in unfinished}:
+        of_kind = [p.attempts[-1] for p in unfinished if p.attempts[-1].executor == kind]
+        states.update(backend(kind).states((a.job_id, Path(a.folder)) for a in of_kind))
     unanswered = 0
     for point in points:
         if point.attempts and not _final(point.state):
-            attempt = point.attempts[-1]
-            if attempt.executor == "slurm" and "_" not in attempt.job_id:
-                state = slurm_state.query(attempt.job_id)  # submitit submits an array of one as a plain job
-            elif attempt.executor == "slurm":
-                array_id = attempt.job_id.split("_")[0]
-                if array_id not in arrays:
-                    arrays[array_id] = slurm_state.query_array(array_id)
-                states = arrays[array_id]
-                state = states.get(attempt.job_id) if states else slurm_state.JobState("UNKNOWN")
-            else:
-                state = state_of("local", attempt.job_id, Path(attempt.folder))
+            state = states[point.attempts[-1].job_id]
             if state.state == "UNKNOWN":
                 unanswered += 1
                 continue

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcpipe.config import Params
 from hpcpipe.tracking.context import RunContext, job_id, job_key, node_name, run_id
 
 RUNS_DIR = "wandb"
@@ -93,11 +92,11 @@ def git_commit(workdir: Path) -> str | None:
     return out.stdout.strip() or None
 
 
-def run_config(params: Params, context: RunContext, sections: Sequence[str], workdir: Path) -> dict:
+def run_config(params: Any, context: RunContext, sections: Sequence[str], workdir: Path) -> dict:
     """What the W&B run shows as config: the stage's params slice and where/how it ran."""
     return {
         "stage": context.stage,
-        "params": {s: dataclasses.asdict(getattr(params, s)) for s in sections},
+        "params": {s: _plain(getattr(params, s)) for s in sections},
         "resources": dict(context.resources),
         "profile": context.profile,
         "fingerprint": context.fingerprint,
@@ -105,6 +104,11 @@ def run_config(params: Params, context: RunContext, sections: Sequence[str], wor
         "job_id": job_id(),
         "node": node_name(),
     }
+
+
+def _plain(value: Any) -> Any:
+    """A params section as W&B config: a schema's dataclass as its dict, anything else as is."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 def _replayable(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -117,7 +121,7 @@ def _replayable(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _open(params: Params, context: RunContext, sections: Sequence[str], workdir: Path) -> ActiveRun:
+def _open(params: Any, context: RunContext, sections: Sequence[str], workdir: Path) -> ActiveRun:
     import wandb  # here, in the job: the launcher never imports it
 
     from hpcpipe.tracking.records import read_run
@@ -192,11 +196,12 @@ def _await_flush(segment: Path, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
 
 @contextlib.contextmanager
 def start_run(
-    params: Params, context: RunContext | None, sections: Sequence[str], workdir: str | Path
+    params: Any, context: RunContext | None, sections: Sequence[str], workdir: str | Path
 ) -> Iterator[None]:
     """Open the stage's W&B run for the ``with`` block when ``params.wandb.enabled``."""
     global _active
-    if context is None or not params.wandb.enabled:
+    settings = getattr(params, "wandb", None)
+    if context is None or settings is None or not settings.enabled:
         yield
         return
     try:

@@ -1,0 +1,66 @@
+"""Files as the toolkit keeps them: JSON written whole or not at all, and the state of a tree.
+
+``signature`` is how hpcpipe remembers an answer DVC gave about some files (a sweep's
+"upstream is up to date", a folder dep's hash): DVC itself trusts a file's cached
+hash while its (inode, mtime, size) are unchanged, and so does a memo keyed by this
+signature. Any difference (an edited file, a new one, a ``dvc checkout``) asks DVC again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomically(target: Path, obj: Any) -> None:
+    """``obj`` as JSON at ``target``, whole or not at all (temp file + rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, target)
+
+
+def _add_tree(digest: hashlib._Hash, root: str, rel: str) -> None:
+    """Add (path, inode, mtime, size, mode) of ``rel`` and, for a folder, of every entry below it.
+
+    Plain ``os.scandir`` and strings: 12,000 files in ~0.1 s (pathlib takes several times that).
+    """
+    top = os.path.join(root, rel)
+    try:
+        st = os.lstat(top)
+    except FileNotFoundError:
+        digest.update(f"{rel}\0absent\n".encode())
+        return
+    digest.update(f"{rel}\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_size}\0{st.st_mode}\n".encode())
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    lines = []
+    folders = [(top, rel)]
+    while folders:
+        folder, name = folders.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                child = f"{name}/{entry.name}"
+                lines.append(f"{child}\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_size}\0{st.st_mode}\n")
+                if stat.S_ISDIR(st.st_mode):
+                    folders.append((entry.path, child))
+    lines.sort()  # scandir's order is the filesystem's
+    digest.update("".join(lines).encode())
+
+
+def signature(root: Path, paths: Iterable[str], files: Iterable[str] = (), version: str = "") -> str:
+    """A digest that changes when any file under ``paths`` or the bytes of ``files`` change."""
+    digest = hashlib.sha256(f"dvc {version}\n".encode())
+    for name in sorted(set(files)):
+        path = root / name
+        content = path.read_bytes() if path.is_file() else b"\0absent"
+        digest.update(f"{name}\0{len(content)}\n".encode() + content)
+    for rel in sorted(set(paths)):
+        _add_tree(digest, str(root), rel)
+    return digest.hexdigest()

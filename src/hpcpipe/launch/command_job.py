@@ -1,0 +1,132 @@
+"""Job side of a command stage: run the user's command in the project, as the job.
+
+``CommandRunner`` is what the launcher submits for ``hpcpipe run NAME -- CMD ...``.
+The command inherits the job's stdout and stderr (the launcher streams them), runs
+in the project root with the environment the launcher prepared (``HPCPIPE_STAGE``,
+``HPCPIPE_CHECKPOINT_DIR``, the W&B variables; see ``command_env``), and its exit
+status is the job's: non-zero raises ``CommandFailed``, so submitit records the job
+as failed and the launcher exits with the same status.
+
+Time limits and preemption: the runner is checkpointable in submitit's sense. When
+Slurm sends its warning signal before the time limit (or a preemption), submitit
+calls ``checkpoint``: the runner forwards the profile's signal to the command, gives
+it ``grace_s`` to save its state into ``HPCPIPE_CHECKPOINT_DIR`` and exit, and asks
+submitit to requeue the same call. The next attempt reruns the same command, which
+resumes if it finds its checkpoint. A command that saved nothing there is not
+requeued: it would only spend the same hours again and hit the same limit. The
+folder is keyed by the stage fingerprint and removed once the command succeeded and
+the stage's outputs exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcpipe.launch.host_memory import tune_host_allocator
+from hpcpipe.tracking.command_run import command_run
+from hpcpipe.tracking.context import RunContext
+
+EXIT_MARK = "command exited with status"
+
+
+class CommandFailed(RuntimeError):
+    """The command exited non-zero; its status is in the message (the launcher reads it back)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"{EXIT_MARK} {code}")
+        self.code = code
+
+
+def exit_status_from(reason: str) -> int | None:
+    """The command's exit status from a failed job's last error line, if it was a CommandFailed."""
+    if EXIT_MARK not in reason:
+        return None
+    try:
+        return int(reason.rsplit(EXIT_MARK, 1)[1].split()[0])
+    except (IndexError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class CommandJob:
+    """Everything one command stage's job needs, pickled into the job."""
+
+    argv: tuple[str, ...]
+    workdir: str  # the project root
+    stage: str
+    checkpoint_dir: str  # absolute, on the shared filesystem
+    outs: tuple[str, ...] = ()  # relative to workdir; the checkpoint goes once they all exist
+    forward: str = "TERM"  # the signal the command gets at Slurm's warning
+    grace_s: float = 30.0  # how long it has to save and exit before the requeue
+    context: RunContext | None = None  # None: no W&B environment
+    wandb: Any = None  # the params file's wandb: section, if any
+
+
+def _ignore_slurm_warning() -> None:
+    """In the command's process, before exec: Slurm sends its warning (submitit's USR2) to
+    every process of the job, and a plain script would die of it before it could save.
+    Ignored signals stay ignored through exec; the command gets the profile's signal from
+    ``checkpoint`` instead, and may still install its own USR2 handler."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+class CommandRunner:
+    """Runs one command as the job; checkpointable (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __call__(self, job: CommandJob) -> int:
+        os.chdir(job.workdir)
+        tune_host_allocator()
+        Path(job.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        env = {"HPCPIPE_STAGE": job.stage, "HPCPIPE_CHECKPOINT_DIR": job.checkpoint_dir}
+        with contextlib.ExitStack() as stack:
+            if job.context is not None:
+                env.update(stack.enter_context(command_run(job.wandb, job.context, job.workdir)))
+            try:
+                self._process = subprocess.Popen(
+                    list(job.argv), env={**os.environ, **env}, preexec_fn=_ignore_slurm_warning
+                )
+            except (FileNotFoundError, PermissionError) as err:  # what a shell says as 127 / 126
+                print(f"hpcpipe: {job.argv[0]}: {err.strerror}", file=sys.stderr, flush=True)
+                raise CommandFailed(127 if isinstance(err, FileNotFoundError) else 126) from None
+            code = self._process.wait()
+        if code < 0:  # killed by a signal: the shell's convention
+            code = 128 - code
+        if code != 0:
+            raise CommandFailed(code)
+        if all(Path(job.workdir, out).exists() for out in job.outs):
+            shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
+        return code
+
+    def checkpoint(self, job: CommandJob) -> Any:
+        """submitit's warning-signal hook: let the command save its state, then requeue the call."""
+        from submitit.helpers import DelayedSubmission
+
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.Signals[f"SIG{job.forward}"])
+            deadline = time.monotonic() + job.grace_s
+            while process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if process.poll() is None:
+                process.kill()
+        if not any(Path(job.checkpoint_dir).iterdir()):
+            print(
+                f"hpcpipe: {job.stage}: not requeued: the command saved nothing in "
+                "$HPCPIPE_CHECKPOINT_DIR, so a requeue would only repeat the same work",
+                file=sys.stderr,
+                flush=True,
+            )
+            return None  # submitit then ends the job as failed
+        return DelayedSubmission(CommandRunner(), job)

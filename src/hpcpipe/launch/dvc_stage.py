@@ -1,0 +1,212 @@
+"""A stage as DVC sees it: its command, deps, outs, params values, and its fingerprint.
+
+DVC is the source of truth for what a stage reads and writes. The launcher asks DVC's
+own parser (an in-process ``dvc.repo.Repo``), so ``${}`` interpolation, ``vars``,
+``foreach``/``matrix`` members (``name@key``) and params files other than params.yaml
+behave exactly as in ``dvc repro``. Nothing here knows any stage by name.
+
+The fingerprint is the stage's content: the command, every dep's hash (DVC's own,
+taken from its state cache when the file's inode, size and mtime are unchanged, so
+nothing is hashed twice: ``dvc repro`` has just hashed them before running the
+command) and the declared params' values. It decides reattach, checkpoint resume and
+the W&B run identity. It holds no path mtime: ``git stash && git stash pop`` or a
+``dvc checkout`` of identical content leaves it unchanged, and any edit of any dep
+changes it. Resources are not part of it (see ``ledger``).
+
+Opening DVC's repo from inside a running stage is safe: ``dvc repro`` releases its
+repo lock while a stage's command runs (``unlocked_repo`` in dvc/stage/run.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcpipe.validation import ConfigError
+
+# folder deps' DVC hashes by file signature: a cache beside DVC's own (git-ignored by DVC)
+DEP_HASH_MEMO = Path(".dvc") / "tmp" / "hpcpipe-dep-hashes.json"
+DVC_STAGE_ENV = "DVC_STAGE"  # set by dvc repro for every stage command it runs: the stage's address
+
+
+@dataclass(frozen=True)
+class StageDef:
+    """One resolved stage of dvc.yaml."""
+
+    name: str  # DVC's address: "train", "fold@2", "sub/dvc.yaml:train"
+    cmd: str
+    deps: tuple[str, ...]  # paths relative to the project root
+    outs: tuple[str, ...]  # outs, metrics and plots: every path the stage must leave behind
+    params: Mapping[str, Any] = field(default_factory=dict)  # declared params, nested by section
+    params_files: tuple[str, ...] = ()
+    fingerprint: str = ""
+    project_stages: tuple[str, ...] = ()  # every stage of the project, to check profiles against
+
+
+@contextlib.contextmanager
+def in_directory(path: Path) -> Iterator[None]:
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def _nest(flat: Mapping[str, Any], into: dict[str, Any]) -> None:
+    """DVC's ``{"train.lr": 0.1, "data": {...}}`` -> ``{"train": {"lr": 0.1}, "data": {...}}``."""
+    for key, value in flat.items():
+        parts = key.split(".")
+        node = into
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+
+
+def _rel(root: Path, path: str) -> str:
+    try:
+        return os.path.relpath(path, root)
+    except ValueError:  # another drive
+        return path
+
+
+def _pick(repo: Any, name: str, environ: Mapping[str, str]) -> Any:
+    """The stage ``name`` names. A foreach/matrix group's base name picks the member that
+    ``dvc repro`` is running ($DVC_STAGE), so `hpcpipe init` can wrap a group's command."""
+    from dvc.stage.exceptions import StageNotFound
+
+    try:
+        found = repo.stage.collect(name)
+    except (StageNotFound, Exception) as err:  # StageNotFound, or DVC's own parse error
+        if not isinstance(err, StageNotFound) and "not found" not in str(err).lower():
+            raise ConfigError(f"dvc.yaml: {err}") from None
+        known = ", ".join(stage_names(repo))
+        raise ConfigError(f"dvc.yaml has no stage {name!r}; its stages are: {known}") from None
+    if len(found) == 1:
+        return found[0]
+    running = environ.get(DVC_STAGE_ENV, "")
+    for stage in found:
+        if stage.addressing == running or stage.addressing.endswith(f":{running}"):
+            return stage
+    members = ", ".join(s.addressing for s in found)
+    raise ConfigError(f"stage {name!r} is a foreach/matrix group; name one member: {members}")
+
+
+def stage_names(repo: Any) -> list[str]:
+    """Every pipeline stage's address (foreach members expanded); .dvc files left out."""
+    from dvc.stage import PipelineStage
+
+    return sorted(s.addressing for s in repo.index.stages if isinstance(s, PipelineStage))
+
+
+def project_stage_names(root: Path) -> list[str]:
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo, in_directory(root):
+            return stage_names(repo)
+    except DvcException as err:
+        raise ConfigError(f"dvc.yaml: {err}") from None
+
+
+def _hash_deps(stage: Any, root: Path) -> tuple[list[list[Any]], dict[str, Any], list[str]]:
+    """(deps with DVC's hashes, params values per file, missing deps)."""
+    from dvc.dependency.param import ParamsDependency
+
+    hashed: list[list[Any]] = []
+    params: dict[str, Any] = {}
+    missing: list[str] = []
+    for dep in stage.deps:
+        if isinstance(dep, ParamsDependency):
+            try:
+                params[_rel(root, dep.fs_path)] = dep.read_params()
+            except Exception as err:  # missing file or key: DVC's own message
+                raise ConfigError(f"stage {stage.addressing}: params: {err}") from None
+            continue
+        if not dep.exists:
+            missing.append(_rel(root, dep.fs_path))
+            continue
+        hashed.append([_rel(root, dep.fs_path), _dep_hash(dep, root)])
+    return hashed, params, missing
+
+
+def _dep_hash(dep: Any, root: Path) -> dict[str, Any]:
+    """DVC's hash of one dep. A folder's is remembered per signature of its files (see
+    ``hpcpipe.files``): DVC's state holds each file's hash, but it still walks, stats and
+    matches every file against .dvcignore to build the folder's (2 s for 60,000 files)."""
+    if not os.path.isdir(dep.fs_path):
+        return dep.get_hash().to_dict()
+    import dvc
+
+    from hpcpipe.files import signature, write_json_atomically
+
+    rel = _rel(root, dep.fs_path)
+    # taken before DVC looks: a file changed meanwhile gives a signature matching neither state
+    key = signature(root, [rel], [".dvcignore"], dvc.__version__)
+    memo_path = root / DEP_HASH_MEMO
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    known = memo.get(rel) if isinstance(memo, dict) else None
+    if isinstance(known, list) and len(known) == 2 and known[0] == key:
+        return known[1]
+    value = dep.get_hash().to_dict()
+    write_json_atomically(memo_path, {**(memo if isinstance(memo, dict) else {}), rel: [key, value]})
+    return value
+
+
+def fingerprint_of(cmd: str, deps: Sequence[Sequence[Any]], params: Mapping[str, Any]) -> str:
+    record = {"cmd": cmd, "deps": sorted(map(list, deps)), "params": params}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_stage(root: Path, name: str, environ: Mapping[str, str] | None = None) -> StageDef:
+    """Resolve ``name`` in the project at ``root`` and fingerprint it.
+
+    Raises ConfigError (one line) for an unknown name, a dvc.yaml DVC cannot parse, a
+    missing params key, or a dep that does not exist (its producing stage has not run).
+    """
+    from dvc.exceptions import DvcException, NotDvcRepoError
+    from dvc.repo import Repo
+
+    env = os.environ if environ is None else environ
+    try:
+        repo = Repo(str(root))
+    except NotDvcRepoError:
+        raise ConfigError(f"{root} is not a DVC project (no .dvc/); run `dvc init` first") from None
+    except DvcException as err:  # e.g. SCMError: not a git repository, and not --no-scm
+        raise ConfigError(f"{root}: DVC cannot open this project: {err}") from None
+    # DVC resolves stage names, and writes their addresses, relative to the working directory
+    with repo, in_directory(root):
+        try:
+            stage = _pick(repo, name, env)
+        except DvcException as err:
+            raise ConfigError(f"dvc.yaml: {err}") from None
+        deps, params, missing = _hash_deps(stage, root)
+        if missing:
+            raise ConfigError(
+                f"stage {stage.addressing}: missing dependencies {', '.join(missing)}; "
+                "run the stages that make them first (dvc repro)"
+            )
+        nested: dict[str, Any] = {}
+        for values in params.values():
+            _nest(values, nested)
+        return StageDef(
+            name=stage.addressing,
+            cmd=stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd),
+            deps=tuple(row[0] for row in deps),
+            outs=tuple(_rel(root, out.fs_path) for out in stage.outs),
+            params=nested,
+            params_files=tuple(params),
+            fingerprint=fingerprint_of(stage.cmd, deps, params),
+            # the stages of its own dvc.yaml, without building DVC's whole index (a walk of the repo)
+            project_stages=tuple(sorted(stage.dvcfile.stages)),
+        )

@@ -1,0 +1,78 @@
+"""W&B for a command stage: the environment that makes the user's own ``wandb.init()``
+run offline into the project's ``wandb/`` folder, where ``hpcpipe sync`` finds it.
+
+An arbitrary script cannot replay its history into a requeued attempt the way the
+function stages do (see ``run``), and wandb cannot resume an offline run. So each
+attempt of a requeued job is its own run, ``<run id>-a<N>`` for attempt N > 0, in one
+group (the params file's ``wandb.group``, else ``<stage>-<fingerprint>``), and
+``hpcpipe sync`` uploads each attempt's run once. The live marker keeps ``sync`` off a
+run while its job still writes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from hpcpipe.tracking.context import RunContext, job_key, run_id
+from hpcpipe.tracking.run import LIVE_MARKER, runs_root
+
+
+def attempt_number(environ: Mapping[str, str]) -> int:
+    """Slurm counts requeues of a job in SLURM_RESTART_COUNT (absent on the first attempt)."""
+    value = environ.get("SLURM_RESTART_COUNT", "0")
+    return int(value) if value.isdigit() else 0
+
+
+def wandb_env(
+    settings: Any, context: RunContext, segment: Path, rid: str, environ: Mapping[str, str]
+) -> dict[str, str]:
+    """WANDB_* variables for the command; ``settings`` is the params file's ``wandb:`` section or None."""
+    env = {
+        "WANDB_MODE": "online" if context.wandb_online else "offline",
+        "WANDB_DIR": str(segment),
+        "WANDB_RUN_ID": rid,
+        "WANDB_JOB_TYPE": context.stage,
+        "WANDB_RUN_GROUP": (getattr(settings, "group", None) or f"{context.stage}-{context.fingerprint}"),
+    }
+    attempt = attempt_number(environ)
+    env["WANDB_NAME"] = f"{context.stage}-attempt{attempt}" if attempt else context.stage
+    if settings is not None:
+        env["WANDB_PROJECT"] = settings.project
+        if settings.entity:
+            env["WANDB_ENTITY"] = settings.entity
+        if settings.tags:
+            env["WANDB_TAGS"] = ",".join(settings.tags)
+    return env
+
+
+@contextlib.contextmanager
+def command_run(settings: Any, context: RunContext, workdir: str | Path) -> Iterator[dict[str, str]]:
+    """The environment for one attempt of a command stage, with its run folder marked live."""
+    attempt = attempt_number(os.environ)
+    rid = run_id(context, job_key()) + (f"-a{attempt}" if attempt else "")
+    folder = runs_root(workdir) / rid
+    segment = folder / "segment-000"
+    segment.mkdir(parents=True, exist_ok=True)
+    marker = folder / LIVE_MARKER
+    live = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+    marker.write_text(json.dumps(live))
+    try:
+        yield wandb_env(settings, context, segment, rid, os.environ)
+    finally:
+        marker.unlink(missing_ok=True)
+        _remove_if_unused(folder)
+
+
+def _remove_if_unused(folder: Path) -> None:
+    """A command that never called wandb.init() leaves no empty run folders behind."""
+    for path in (folder / "segment-000", folder, folder.parent):
+        try:
+            path.rmdir()  # only when empty
+        except OSError:
+            return

@@ -1,0 +1,143 @@
+"""Stages for launcher tests, declared in the temp project's dvc.yaml as a user declares them.
+
+The launcher finds a stage in dvc.yaml (through DVC's parser) and takes its outs and
+params from there, so a test adds its stage to the copied example project's dvc.yaml
+and then runs it as a user would: ``main(args)`` (``hpcpipe run ...`` in-process),
+the ``hpcpipe`` command, or ``dvc repro``. The stage's ``cmd`` is exactly that command.
+
+- ``add_fake_stage(root, "fail_halfway")``: a function stage of tests/support/fake_stages.py
+  (``hpcpipe run fake --fn fake_stages:fail_halfway --source source.txt --result
+  out/result.txt --report out/report``), reading ``source.txt`` and the ``train``
+  params, writing ``out/result.txt`` and ``out/report``;
+- ``add_command_stage(root, "hello", ["python", "fake_stages.py", "hello", "out/hello.json"],
+  outs=["out/hello.json"])``: a command stage (``hpcpipe run hello -- python ...``).
+
+Both return the ``hpcpipe`` arguments of the stage's command. For unit tests that call
+the job side directly, ``function_stage_work`` builds what ``hpcpipe run --fn`` submits
+(``stage_work.function_work``) from a stage given by hand instead of by DVC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import yaml
+
+from hpcpipe.launch.dvc_stage import in_directory
+
+REPO = Path(__file__).resolve().parents[2]
+FAKE_PATHS = {"source": "source.txt", "result": "out/result.txt", "report": "out/report"}
+FAKE_OUTS = ("out/result.txt", "out/report")
+FAKE_SECTIONS = ("train",)  # what the fake stages' schema reads (see fake_stages.SCHEMA)
+
+
+def role_args(paths: Mapping[str, str]) -> list[str]:
+    """{"source": "source.txt"} -> ["--source", "source.txt"]."""
+    return [arg for role, path in paths.items() for arg in (f"--{role}", path)]
+
+
+def fake_stage_args(function: str, name: str = "fake") -> list[str]:
+    """`hpcpipe` arguments that run ``fake_stages.FUNCTION`` as the function stage ``name``."""
+    return ["run", name, "--fn", f"fake_stages:{function}", *role_args(FAKE_PATHS)]
+
+
+def add_stage(root: Path, name: str, stage: Mapping[str, Any]) -> None:
+    """Add (or replace) one stage of ``root``'s dvc.yaml."""
+    path = root / "dvc.yaml"
+    pipeline = yaml.safe_load(path.read_text())
+    pipeline.setdefault("stages", {})[name] = dict(stage)
+    path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+
+
+def add_fake_stage(root: Path, function: str = "write_outputs", name: str = "fake") -> list[str]:
+    """Declare ``fake_stages.FUNCTION`` as stage ``name`` in dvc.yaml; returns its `hpcpipe` args."""
+    args = fake_stage_args(function, name)
+    add_stage(
+        root,
+        name,
+        {
+            "cmd": shlex.join(["hpcpipe", *args]),
+            "deps": [FAKE_PATHS["source"], "fake_stages.py"],
+            "params": list(FAKE_SECTIONS),
+            "outs": list(FAKE_OUTS),
+        },
+    )
+    return args
+
+
+def add_command_stage(
+    root: Path, name: str, command: Sequence[str], outs: Sequence[str] = (), deps: Sequence[str] = ()
+) -> list[str]:
+    """Declare ``hpcpipe run NAME -- COMMAND`` as stage ``name``; returns its `hpcpipe` args."""
+    args = ["run", name, "--", *command]
+    stage: dict[str, Any] = {"cmd": shlex.join(["hpcpipe", *args])}
+    if deps:
+        stage["deps"] = list(deps)
+    if outs:
+        stage["outs"] = list(outs)
+    add_stage(root, name, stage)
+    return args
+
+
+def fake_params(params_file: Path) -> SimpleNamespace:
+    """The ``params`` a fake function stage receives, from a params file: its ``train``
+    section checked against the fake stages' schema, and no W&B settings."""
+    from hpcpipe.stage_function import declaration, stage_params
+    from tests.support.fake_stages import write_outputs
+
+    raw = yaml.safe_load(params_file.read_text())
+    values = {section: raw[section] for section in FAKE_SECTIONS}
+    return stage_params(values, declaration(write_outputs), "fake", str(params_file), {"wandb": None})
+
+
+def function_stage_work(
+    root: Path,
+    name: str,
+    target: str,
+    paths: Mapping[str, str],
+    outs: Sequence[str],
+    params: Mapping[str, Any],
+    fingerprint: str = "0123456789abcdef",
+) -> Any:
+    """What ``hpcpipe run NAME --fn TARGET --ROLE PATH...`` submits (a ``launcher.Work``) for a
+    stage whose DVC outs are ``outs`` and whose declared params are ``params`` (section ->
+    values), run in project ``root`` under the shipped ``local`` profile. Built by
+    ``stage_work.function_work`` itself: the spec's roles, outputs, resumability and
+    tracking come from the function's declaration and the outs, as in a real launch.
+    ``work.args`` is ``(spec, params, paths, workdir, context)`` for ``job.run_stage``."""
+    from hpcpipe.config import load_profile
+    from hpcpipe.launch.dvc_stage import StageDef
+    from hpcpipe.launch.stage_work import function_work
+
+    argv = ["hpcpipe", "run", name, "--fn", target, *role_args(paths)]
+    stage = StageDef(
+        name=name,
+        cmd=shlex.join(argv),
+        deps=(),
+        outs=tuple(outs),
+        params=dict(params),
+        params_files=("params.yaml",),
+        fingerprint=fingerprint,
+        project_stages=(name,),
+    )
+    profile = load_profile("local", root)
+    with in_directory(root):  # `hpcpipe run` resolves role paths against the cwd: the project root
+        return function_work(stage, target, role_args(paths), profile, root, "params.yaml")
+
+
+def example_stage_work(
+    root: Path, name: str, paths: Mapping[str, str], outs: Sequence[str], params: Any
+) -> Any:
+    """``function_stage_work`` for the example's stage ``name``: its ``--fn`` target and its
+    params sections as the repository's dvc.yaml declares them, their values from
+    ``params`` (a ``hpcpipe.config.Params``)."""
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][name]
+    argv = shlex.split(stage["cmd"])
+    target = argv[argv.index("--fn") + 1]
+    values = {section: dataclasses.asdict(getattr(params, section)) for section in stage["params"]}
+    return function_stage_work(root, name, target, paths, outs, values)

@@ -1,0 +1,162 @@
+"""The stage as DVC sees it: lookup through DVC's own parser, and the content fingerprint.
+
+Real ``git`` and ``dvc`` in a temp project; nothing faked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpcpipe.launch.dvc_stage import load_stage
+from hpcpipe.validation import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@e",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@e",
+}
+
+DVC_YAML = """\
+vars:
+  - greeting: hello
+stages:
+  train:
+    cmd: python code.py --lr ${train.lr} ${greeting}
+    deps: [data, code.py]
+    params:
+      - train
+      - other.yaml:
+          - featurize.size
+    outs: [model.txt]
+  fold:
+    foreach: [a, b]
+    do:
+      cmd: python code.py ${item}
+      deps: [code.py]
+      outs: ["fold-${item}.txt"]
+"""
+
+
+def sh(root: Path, *args: str) -> str:
+    done = subprocess.run(args, cwd=root, capture_output=True, text=True, env={**os.environ, **ENV})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture
+def dvc_project(tmp_path: Path) -> Path:
+    root = tmp_path / "p"
+    (root / "data").mkdir(parents=True)
+    for i in range(5):
+        (root / "data" / f"{i}.txt").write_text(f"row {i}\n")
+    (root / "code.py").write_text("print('v1')\n")
+    (root / "params.yaml").write_text("train:\n  lr: 0.1\n  epochs: 3\nevaluate:\n  batch: 10\n")
+    (root / "other.yaml").write_text("featurize:\n  size: 8\n  unused: 1\n")
+    (root / "dvc.yaml").write_text(DVC_YAML)
+    sh(root, "git", "init", "-q", "-b", "main")
+    sh(root, "dvc", "init", "-q")
+    sh(root, "dvc", "add", "-q", "data")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-q", "-m", "init")
+    return root
+
+
+def test_the_stage_comes_from_dvcs_parser_with_interpolation_and_other_params_files(dvc_project):
+    stage = load_stage(dvc_project, "train")
+    assert stage.cmd == "python code.py --lr 0.1 hello"
+    assert stage.deps == ("data", "code.py")
+    assert stage.outs == ("model.txt",)
+    assert stage.params == {"train": {"lr": 0.1, "epochs": 3}, "featurize": {"size": 8}}
+    assert set(stage.params_files) == {"params.yaml", "other.yaml"}
+    assert set(stage.project_stages) == {"train", "fold@a", "fold@b"}
+
+
+def test_an_unknown_name_is_refused_with_the_known_names(dvc_project):
+    with pytest.raises(ConfigError, match=r"no stage 'trian'; its stages are: fold@a, fold@b, train"):
+        load_stage(dvc_project, "trian")
+
+
+def test_a_foreach_group_picks_the_member_dvc_is_running(dvc_project):
+    assert load_stage(dvc_project, "fold@b").cmd == "python code.py b"
+    assert load_stage(dvc_project, "fold", {"DVC_STAGE": "fold@a"}).name == "fold@a"
+    with pytest.raises(ConfigError, match="name one member: fold@a, fold@b"):
+        load_stage(dvc_project, "fold", {})
+
+
+def test_a_missing_dep_is_one_line_before_anything_runs(dvc_project):
+    (dvc_project / "code.py").unlink()
+    with pytest.raises(ConfigError, match=r"stage train: missing dependencies code.py"):
+        load_stage(dvc_project, "train")
+
+
+def test_any_dep_edit_a_declared_param_or_the_command_changes_the_fingerprint(dvc_project):
+    base = load_stage(dvc_project, "train").fingerprint
+    (dvc_project / "code.py").write_text("print('v2')\n")
+    assert load_stage(dvc_project, "train").fingerprint != base
+    (dvc_project / "code.py").write_text("print('v1')\n")
+    assert load_stage(dvc_project, "train").fingerprint == base  # content, not mtime
+    (dvc_project / "data" / "3.txt").write_text("changed\n")
+    assert load_stage(dvc_project, "train").fingerprint != base
+    (dvc_project / "data" / "3.txt").write_text("row 3\n")
+    (dvc_project / "other.yaml").write_text("featurize:\n  size: 9\n  unused: 1\n")
+    assert load_stage(dvc_project, "train").fingerprint != base
+    (dvc_project / "other.yaml").write_text("featurize:\n  size: 8\n  unused: 2\n")  # not declared
+    (dvc_project / "params.yaml").write_text("train:\n  lr: 0.1\n  epochs: 3\nevaluate:\n  batch: 99\n")
+    assert load_stage(dvc_project, "train").fingerprint == base
+    text = (dvc_project / "dvc.yaml").read_text()
+    (dvc_project / "dvc.yaml").write_text(text.replace("${greeting}", "${greeting} --verbose"))
+    assert load_stage(dvc_project, "train").fingerprint != base
+
+
+def test_git_stash_pop_and_dvc_checkout_of_identical_content_change_nothing(dvc_project):
+    base = load_stage(dvc_project, "train").fingerprint
+    (dvc_project / "code.py").write_text("print('work in progress')\n")
+    dirty = load_stage(dvc_project, "train").fingerprint
+    sh(dvc_project, "git", "stash", "-q")
+    assert load_stage(dvc_project, "train").fingerprint == base
+    sh(dvc_project, "git", "stash", "pop", "-q")  # same content back, new mtime
+    assert load_stage(dvc_project, "train").fingerprint == dirty
+    (dvc_project / "code.py").write_text("print('v1')\n")
+    for file in (dvc_project / "data").iterdir():
+        file.unlink()
+    sh(dvc_project, "dvc", "checkout", "-q", "--force", "data.dvc")  # new inodes, same content
+    assert sorted(p.name for p in (dvc_project / "data").iterdir()) == [f"{i}.txt" for i in range(5)]
+    assert load_stage(dvc_project, "train").fingerprint == base
+
+
+def test_every_file_of_the_example_recipe_is_a_dep_of_train():
+    """Editing any file under src/hpcpipe/ml/ must make a live train job stale and its
+    checkpoint not resumable; that holds when dvc.yaml lists each of them (the
+    fingerprint covers exactly the deps, see the tests above)."""
+    import yaml
+
+    train = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    recipe = {
+        f"src/hpcpipe/ml/{p.name}" for p in (REPO / "src/hpcpipe/ml").glob("*.py") if p.name != "__init__.py"
+    }
+    assert recipe <= set(train["deps"]), recipe - set(train["deps"])
+
+
+def test_a_folder_deps_hash_is_remembered_per_signature_of_its_files(dvc_project):
+    """The memo answers while no file under the folder changed, and only then."""
+    import json
+
+    from hpcpipe.launch.dvc_stage import DEP_HASH_MEMO
+
+    base = load_stage(dvc_project, "train").fingerprint
+    memo_path = dvc_project / DEP_HASH_MEMO
+    memo = json.loads(memo_path.read_text())
+    key, value = memo["data"]
+    assert value["md5"].endswith(".dir")
+    memo["data"] = [key, {**value, "md5": "0" * 32 + ".dir"}]  # a stale answer under today's signature
+    memo_path.write_text(json.dumps(memo))
+    assert load_stage(dvc_project, "train").fingerprint != base  # the memo was believed
+    (dvc_project / "data" / "new.txt").write_text("a new file\n")
+    (dvc_project / "data" / "new.txt").unlink()  # same content as before, new folder mtime
+    assert load_stage(dvc_project, "train").fingerprint == base  # signature changed: DVC asked again
