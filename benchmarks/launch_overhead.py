@@ -9,10 +9,11 @@ process, the stage looked up through DVC's own parser):
   a. function stage `hpcpipe run fn --fn bench_stages:nothing --out out.txt`: submit -> exit 0
   a2. command stage `hpcpipe run cmd -- python -c ...`: submit -> exit 0
   b. bare submitit, the same function, submit + result(), also in a fresh process
+  b2. bare submitit running the same command (submitit.helpers.CommandFunction)
   c. `sbatch --wait --wrap true`
   d. launcher start -> the sbatch call (a shim on PATH records when sbatch starts), per kind
   e. a job killed on its node (SIGKILL of the stage's process) -> the launcher's exit
-Ratios: a/b and a/c. Targets (issues 3, 12): a - b <= 0.5 s, a2 - b <= 0.5 s, d <= 0.5 s, e <= 10 s.
+Ratios: a/b and a/c. Targets (issues 3, 12): a - b <= 0.5 s, a2 - b2 <= 0.5 s, d <= 0.5 s, e <= 10 s.
 Prints a Markdown block to paste into benchmarks/RESULTS.md.
 """
 
@@ -83,6 +84,17 @@ BARE = textwrap.dedent(
     job.result()
     """
 )
+BARE_COMMAND = textwrap.dedent(
+    """
+    import submitit
+    from submitit.helpers import CommandFunction
+
+    ex = submitit.SlurmExecutor(folder=".bare-jobs")
+    ex.update_parameters(partition="cpu", time=10, cpus_per_task=1, mem="2GB")
+    job = ex.submit(CommandFunction(["python", "-c", "open('bare-cmd.txt', 'w').write('ok')"]))
+    job.result()
+    """
+)
 SHIM = textwrap.dedent(
     """\
     #!/bin/sh
@@ -111,6 +123,7 @@ def make_project(root: Path) -> None:
     (root / "bench_stages.py").write_text(STAGES)
     (root / "dvc.yaml").write_text(DVC_YAML)
     (root / "bare.py").write_text(BARE)
+    (root / "bare_command.py").write_text(BARE_COMMAND)
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         subprocess.run(command, cwd=root, check=True, capture_output=True)
 
@@ -163,12 +176,14 @@ def measure(repeat: int) -> dict[str, float]:
         shim.chmod(0o755)
         calls = root / "sbatch-calls.txt"
         shim_env = {**os.environ, "PATH": f"{shim_dir}:{os.environ['PATH']}", "SBATCH_CALLS": str(calls)}
-        runs: dict[str, list[float]] = {k: [] for k in ("launcher", "command", "bare", "sbatch", "detect")}
+        kinds = ("launcher", "command", "bare", "bare_command", "sbatch", "detect")
+        runs: dict[str, list[float]] = {k: [] for k in kinds}
         runs.update(to_sbatch=[], to_sbatch_command=[])
         for _ in range(repeat):
             runs["launcher"].append(timed(FUNCTION, root))
             runs["command"].append(timed(COMMAND, root))
             runs["bare"].append(timed([sys.executable, "bare.py"], root))
+            runs["bare_command"].append(timed([sys.executable, "bare_command.py"], root))
             runs["sbatch"].append(
                 timed(["sbatch", "--wait", "-p", "cpu", "-o", "/dev/null", "--wrap", "true"], root)
             )
@@ -190,9 +205,10 @@ def report(med: dict[str, float], repeat: int) -> None:
     print(f"| a. hpcpipe run, no-op function stage, submit -> exit 0 | {med['launcher']:.2f} | |")
     print(f"| a2. hpcpipe run, no-op command stage, submit -> exit 0 | {med['command']:.2f} | |")
     print(f"| b. bare submitit submit + result(), same function | {med['bare']:.2f} | |")
+    print(f"| b2. bare submitit, the same command (CommandFunction) | {med['bare_command']:.2f} | |")
     print(f"| c. sbatch --wait --wrap true | {med['sbatch']:.2f} | |")
     print(f"| overhead a - b | {med['launcher'] - med['bare']:.2f} | <= 0.5 |")
-    print(f"| overhead a2 - b | {med['command'] - med['bare']:.2f} | <= 0.5 |")
+    print(f"| overhead a2 - b2 | {med['command'] - med['bare_command']:.2f} | <= 0.5 |")
     print(f"| d. launcher start -> sbatch call, function stage | {med['to_sbatch']:.2f} | <= 0.5 |")
     print(f"| d2. launcher start -> sbatch call, command stage | {med['to_sbatch_command']:.2f} | <= 0.5 |")
     print(f"| e. job SIGKILLed on its node -> launcher exit | {med['detect']:.2f} | <= 10 |")
