@@ -46,7 +46,7 @@ class StageDef:
     params: Mapping[str, Any] = field(default_factory=dict)  # declared params, nested by section
     params_files: tuple[str, ...] = ()
     fingerprint: str = ""
-    project_stages: tuple[str, ...] = ()  # every stage of the project, to check profiles against
+    project_stages: tuple[str, ...] = ()  # every stage of its dvc.yaml, to check profiles against
 
 
 @contextlib.contextmanager

@@ -137,7 +137,8 @@ def strip_inherited_slurm_env() -> None:
 
 
 def _reattach(ledger: Ledger, work: Work, profile: Profile) -> Any:
-    """The stage's live Slurm job from an earlier launcher, if it is still worth waiting for.
+    """The stage's live job from an earlier launcher, if its backend can reattach to one
+    (Slurm's outlive their launcher) and it is still worth waiting for.
 
     Same fingerprint and same resources: wait for it. Anything else (new content, or a
     profile that now asks for other resources) cancels it, so it is resubmitted; a
@@ -168,8 +169,7 @@ class Work:
     """One stage execution, as the launcher submits it: a callable and its arguments.
 
     ``outs`` are the paths (relative to the project root) that must exist for success:
-    the stage's DVC outs. ``exit_status`` reads the job's failure reason back into the
-    launcher's exit status (a command stage exits with its command's status).
+    the stage's DVC outs.
     """
 
     name: str

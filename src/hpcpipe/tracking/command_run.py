@@ -12,15 +12,13 @@ run while its job still writes it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from hpcpipe.tracking.context import RunContext, job_key, run_id
-from hpcpipe.tracking.run import LIVE_MARKER, runs_root
+from hpcpipe.tracking.run import mark_live, runs_root
 
 
 def attempt_number(environ: Mapping[str, str]) -> int:
@@ -59,9 +57,7 @@ def command_run(settings: Any, context: RunContext, workdir: str | Path) -> Iter
     folder = runs_root(workdir) / rid
     segment = folder / "segment-000"
     segment.mkdir(parents=True, exist_ok=True)
-    marker = folder / LIVE_MARKER
-    live = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
-    marker.write_text(json.dumps(live))
+    marker = mark_live(folder)
     try:
         yield wandb_env(settings, context, segment, rid, os.environ)
     finally:

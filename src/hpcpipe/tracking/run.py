@@ -76,6 +76,14 @@ def segments(run_folder: Path) -> list[Path]:
     return found
 
 
+def mark_live(folder: Path) -> Path:
+    """Write the run folder's live marker: who writes the run (see ``sync.is_live``)."""
+    live = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+    marker = folder / LIVE_MARKER
+    marker.write_text(json.dumps(live))
+    return marker
+
+
 def warn(message: str) -> None:
     print(f"hpcpipe: W&B off for this stage: {message}", file=sys.stderr, flush=True)
 
@@ -130,9 +138,7 @@ def _open(params: Any, context: RunContext, sections: Sequence[str], workdir: Pa
     rid = run_id(context, key)
     folder = runs_root(workdir) / rid
     folder.mkdir(parents=True, exist_ok=True)
-    # live before anything else, so `hpcpipe sync` leaves this run alone from now on
-    live = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
-    (folder / LIVE_MARKER).write_text(json.dumps(live))
+    mark_live(folder)  # before anything else, so `hpcpipe sync` leaves this run alone from now on
     earlier = segments(folder)
     segment = folder / f"segment-{len(list(folder.glob('segment-*'))):03d}"
     segment.mkdir()
