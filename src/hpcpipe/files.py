@@ -18,11 +18,16 @@ from typing import Any
 
 
 def write_json_atomically(target: Path, obj: Any) -> None:
-    """``obj`` as JSON at ``target``, whole or not at all (temp file + rename)."""
+    """``obj`` as JSON at ``target``, whole or not at all (temp file + rename); on a failure
+    (a full disk) the previous content stays and no temp file is left behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, target)
+    try:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _add_tree(digest: hashlib._Hash, root: str, rel: str) -> None:

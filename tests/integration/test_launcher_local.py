@@ -133,6 +133,21 @@ def test_interrupting_the_launcher_cancels_its_job(fake_stage_project, signum, c
     assert not (fake_stage_project / "out" / "result.txt").exists()
 
 
+def test_ctrl_c_of_an_inline_stage_exits_130_not_failed(fake_stage_project, monkeypatch):
+    """Inside an allocation the stage runs in the launcher's own process: Ctrl-C stops it
+    as an interruption (130, outputs untouched), not as a failure of the stage."""
+    monkeypatch.setenv("HPCPIPE_CLUSTER", "inline")
+    launcher = start_launcher(fake_stage_project, "sleep_then_write")
+    wait_for(lambda: (fake_stage_project / "job.pid").exists() or launcher.poll() is not None)
+    assert launcher.poll() is None, launcher.communicate()
+    launcher.send_signal(signal.SIGINT)
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130, err
+    assert "SIGINT received; the stage, running in this process, stopped" in err
+    assert "FAILED" not in err and "Traceback" not in err
+    assert not (fake_stage_project / "out" / "result.txt").exists()
+
+
 TORCH_CHECK = textwrap.dedent(
     """
     import sys

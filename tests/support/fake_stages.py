@@ -95,6 +95,18 @@ def count_to_three(params, *, source: Path, result: Path, report: Path, checkpoi
     return {"resumed_after": done}
 
 
+@stage_function(schema=SCHEMA)
+def chatter(params, *, source: Path, result: Path, report: Path) -> dict:
+    """A line on stdout every 0.2 s for two minutes: something for the launcher to stream."""
+    Path("job.pid").write_text(str(os.getpid()))
+    for i in range(600):
+        print(f"chatter {i}", flush=True)
+        time.sleep(0.2)
+    result.write_text("too late")
+    report.mkdir()
+    return {}
+
+
 # --------------------------------------------------------------------------- commands
 def hello(out: str) -> int:
     """Says hello on stdout and on stderr, and records what the job gave it in ``out``:

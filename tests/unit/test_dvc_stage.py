@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcpipe.launch.dvc_stage import load_stage
+from hpcpipe.launch.dvc_stage import StageDef, load_stage
+from hpcpipe.launch.dvc_stage import load_stage as load_stage_via_dvc
+from hpcpipe.launch.stage_memo import MEMO
 from hpcpipe.validation import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -144,10 +146,15 @@ def test_every_file_of_the_example_recipe_is_a_dep_of_train():
 
 
 def test_a_folder_deps_hash_is_remembered_per_signature_of_its_files(dvc_project):
-    """The memo answers while no file under the folder changed, and only then."""
+    """The memo answers while no file under the folder changed, and only then. (The
+    whole-stage memo is removed before each lookup, so that DVC is asked every time.)"""
     import json
 
     from hpcpipe.launch.dvc_stage import DEP_HASH_MEMO
+
+    def load_stage(root: Path, name: str) -> StageDef:  # shadows the module's: no stage memo
+        (root / MEMO).unlink(missing_ok=True)
+        return load_stage_via_dvc(root, name)
 
     base = load_stage(dvc_project, "train").fingerprint
     memo_path = dvc_project / DEP_HASH_MEMO
@@ -160,3 +167,67 @@ def test_a_folder_deps_hash_is_remembered_per_signature_of_its_files(dvc_project
     (dvc_project / "data" / "new.txt").write_text("a new file\n")
     (dvc_project / "data" / "new.txt").unlink()  # same content as before, new folder mtime
     assert load_stage(dvc_project, "train").fingerprint == base  # signature changed: DVC asked again
+
+
+PROBE = """
+import sys
+from pathlib import Path
+from hpcpipe.launch.dvc_stage import StageDef, load_stage
+stage = load_stage(Path.cwd(), sys.argv[1])
+print(stage.fingerprint, stage.cmd, "dvc.repo" in sys.modules)
+"""
+
+
+def probe(root: Path, name: str = "train") -> tuple[str, str, bool]:
+    """load_stage in a fresh process, as `dvc repro` starts the launcher: (fingerprint, cmd, DVC imported)."""
+    out = sh(root, "python", "-c", PROBE, name).split()
+    return out[0], " ".join(out[1:-1]), out[-1] == "True"
+
+
+def test_dvcs_answer_is_kept_until_a_file_it_read_changes(dvc_project):
+    """The second launcher of an unchanged stage does not import DVC; an edit of dvc.yaml,
+    of a ``vars`` file, of a params file or of a dep asks DVC again, and gets its new answer."""
+    (dvc_project / "vars.yaml").write_text("who: world\n")
+    dvc_yaml = dvc_project / "dvc.yaml"
+    dvc_yaml.write_text(
+        DVC_YAML.replace("  - greeting: hello\n", "  - greeting: hello\n  - vars.yaml\n").replace(
+            "${greeting}", "${greeting} ${who}"
+        )
+    )
+    first = probe(dvc_project)
+    assert first[2] and first[1].endswith("--lr 0.1 hello world")
+    again = probe(dvc_project)
+    assert again == (first[0], first[1], False)  # from the memo: DVC not even imported
+    edits = [
+        (dvc_project / "vars.yaml", "who: moon\n"),
+        (dvc_project / "params.yaml", "train:\n  lr: 0.2\n  epochs: 3\nevaluate:\n  batch: 10\n"),
+        (dvc_project / "other.yaml", "featurize:\n  size: 9\n  unused: 1\n"),
+        (dvc_project / "data" / "0.txt", "row 0, edited\n"),
+        (dvc_project / "code.py", "print('v2')\n"),
+        (dvc_yaml, dvc_yaml.read_text().replace("python code.py --lr", "python3 code.py --lr")),
+    ]
+    seen = {first[0]}
+    for path, text in edits:
+        path.write_text(text)
+        fingerprint, cmd, imported = probe(dvc_project)
+        assert imported, f"an edit of {path.name} must ask DVC again"
+        assert fingerprint not in seen, f"an edit of {path.name} must change the fingerprint"
+        seen.add(fingerprint)
+        assert probe(dvc_project) == (fingerprint, cmd, False)
+    assert cmd == "python3 code.py --lr 0.2 hello moon"
+
+
+def test_a_remembered_stage_is_believed_only_under_its_signature(dvc_project):
+    """Tampering with the memo shows it is the memo that answers; touching a dep (same
+    bytes, new mtime) is enough to ask DVC again, as DVC's own state cache would."""
+    import json
+
+    base = load_stage(dvc_project, "fold@a")
+    memo = json.loads((dvc_project / MEMO).read_text())
+    (key,) = [k for k in memo if k.startswith("fold@a")]
+    memo[key]["stage"]["fingerprint"] = "stale"
+    (dvc_project / MEMO).write_text(json.dumps(memo))
+    assert load_stage(dvc_project, "fold@a").fingerprint == "stale"
+    os.utime(dvc_project / "code.py", ns=(1, 1))
+    assert load_stage(dvc_project, "fold@a") == base
+    assert load_stage(dvc_project, "fold", {"DVC_STAGE": "fold@b"}).name == "fold@b"  # its own entry

@@ -20,6 +20,7 @@ repo lock while a stage's command runs (``unlocked_repo`` in dvc/stage/run.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcpipe.launch import stage_memo
 from hpcpipe.validation import ConfigError
 
 # folder deps' DVC hashes by file signature: a cache beside DVC's own (git-ignored by DVC)
@@ -168,16 +170,60 @@ def fingerprint_of(cmd: str, deps: Sequence[Sequence[Any]], params: Mapping[str,
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _parse_inputs(stage: Any, root: Path) -> list[str]:
+    """The files DVC read to resolve ``stage``: its dvc.yaml, params.yaml (DVC's default
+    ``vars``), the files its ``vars`` name, and what its global context imported."""
+    from hpcpipe.config import read_yaml
+
+    dvcfile = _rel(root, stage.dvcfile.path)
+    folder = os.path.dirname(dvcfile) or "."
+    found = [dvcfile, os.path.normpath(os.path.join(folder, "params.yaml"))]
+    with contextlib.suppress(Exception):  # DVC has just parsed it; any surprise only shortens the list
+        found += stage_memo.vars_files(read_yaml(root / dvcfile) or {}, folder)
+    with contextlib.suppress(Exception):
+        found += [_rel(root, os.path.join(folder, p)) for p in stage.dvcfile.resolver.context.imports]
+    return [os.path.normpath(p) for p in found]
+
+
+def _from_memo(fields: Mapping[str, Any]) -> StageDef | None:
+    try:
+        return StageDef(
+            name=fields["name"],
+            cmd=fields["cmd"],
+            deps=tuple(fields["deps"]),
+            outs=tuple(fields["outs"]),
+            params=fields["params"],
+            params_files=tuple(fields["params_files"]),
+            fingerprint=fields["fingerprint"],
+            project_stages=tuple(fields["project_stages"]),
+        )
+    except (KeyError, TypeError):
+        return None
+
+
 def load_stage(root: Path, name: str, environ: Mapping[str, str] | None = None) -> StageDef:
     """Resolve ``name`` in the project at ``root`` and fingerprint it.
 
+    DVC's answer is kept (``stage_memo``) while no file it depended on changes, so a
+    launcher started by ``dvc repro`` right after DVC hashed the deps does not import DVC.
     Raises ConfigError (one line) for an unknown name, a dvc.yaml DVC cannot parse, a
     missing params key, or a dep that does not exist (its producing stage has not run).
     """
+    env = os.environ if environ is None else environ
+    remembered = stage_memo.recall(root, name, env, DVC_STAGE_ENV)
+    if remembered is not None and (found := _from_memo(remembered)) is not None:
+        return found
+    resolved, taken = _resolve(root, name, env)
+    stage_memo.remember(root, name, env, DVC_STAGE_ENV, taken, dataclasses.asdict(resolved))
+    return resolved
+
+
+def _resolve(root: Path, name: str, env: Mapping[str, str]) -> tuple[StageDef, stage_memo.Taken]:
+    """Ask DVC: the stage, and the memo signature taken before its deps were hashed."""
+    from dvc.dependency.param import ParamsDependency
     from dvc.exceptions import DvcException, NotDvcRepoError
     from dvc.repo import Repo
 
-    env = os.environ if environ is None else environ
     try:
         repo = Repo(str(root))
     except NotDvcRepoError:
@@ -190,6 +236,9 @@ def load_stage(root: Path, name: str, environ: Mapping[str, str] | None = None) 
             stage = _pick(repo, name, env)
         except DvcException as err:
             raise ConfigError(f"dvc.yaml: {err}") from None
+        params_files = [_rel(root, d.fs_path) for d in stage.deps if isinstance(d, ParamsDependency)]
+        trees = [_rel(root, d.fs_path) for d in stage.deps if not isinstance(d, ParamsDependency)]
+        taken = stage_memo.remember_signature(root, [*_parse_inputs(stage, root), *params_files], trees)
         deps, params, missing = _hash_deps(stage, root)
         if missing:
             raise ConfigError(
@@ -199,7 +248,7 @@ def load_stage(root: Path, name: str, environ: Mapping[str, str] | None = None) 
         nested: dict[str, Any] = {}
         for values in params.values():
             _nest(values, nested)
-        return StageDef(
+        resolved = StageDef(
             name=stage.addressing,
             cmd=stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd),
             deps=tuple(row[0] for row in deps),
@@ -210,3 +259,4 @@ def load_stage(root: Path, name: str, environ: Mapping[str, str] | None = None) 
             # the stages of its own dvc.yaml, without building DVC's whole index (a walk of the repo)
             project_stages=tuple(sorted(stage.dvcfile.stages)),
         )
+        return resolved, taken

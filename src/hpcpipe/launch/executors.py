@@ -28,10 +28,12 @@ from typing import Any
 
 from hpcpipe.config import Profile
 from hpcpipe.launch import slurm_state
+from hpcpipe.launch.interrupts import signals_held
 from hpcpipe.launch.profiles import executor_parameters
-from hpcpipe.launch.watch import LocalWatch, SlurmWatch, pid_alive, recorded_outcome
+from hpcpipe.launch.watch import LocalWatch, SlurmWatch, recorded_outcome
 
 JobState = slurm_state.JobState
+LOCAL_CONTROLLER = "submitit.local._local"  # the module submitit runs a local job under (python -m)
 
 
 class InlineJob:
@@ -78,6 +80,12 @@ class Backend:
     # A job submitted from inside an allocation must not inherit the allocation's SLURM_*
     # variables (SLURM_MEM_PER_NODE, SLURM_CPUS_PER_TASK, ...): sbatch would apply them.
     strips_slurm_env = False
+    runs_in_this_process = False  # "submitting" runs the stage itself (inline)
+
+    def signals_while_submitting(self) -> contextlib.AbstractContextManager[None]:
+        """How SIGINT/SIGTERM are held while a job is submitted and recorded (see
+        ``interrupts``): noted, and raised once the job is in hand."""
+        return signals_held(block=False)
 
     def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
         raise NotImplementedError
@@ -103,6 +111,10 @@ class Backend:
 class SlurmBackend(Backend):
     kind = "slurm"
     strips_slurm_env = True
+
+    def signals_while_submitting(self) -> contextlib.AbstractContextManager[None]:
+        """Blocked, so that sbatch (which inherits the mask) is not killed half-way either."""
+        return signals_held(block=True)
 
     def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
         import submitit  # here, not at module level: `hpcpipe --help` and config errors stay fast
@@ -146,9 +158,30 @@ class SlurmBackend(Backend):
         return submitit.SlurmJob(folder=folder, job_id=job_id), state
 
 
+def local_controller_alive(job_id: str, folder: Path | None = None) -> bool:
+    """Whether ``job_id`` is the pid of submitit's local job controller (for ``folder``,
+    when given). A pid alone is not enough: once the job has ended, the system may give its
+    pid to any process, which ``hpcpipe cancel`` must never signal."""
+    import psutil
+
+    if not job_id.isdigit():
+        return False
+    try:
+        process = psutil.Process(int(job_id))
+        command = process.cmdline()
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    joined = " ".join(command)  # a list, or `sh -c "... python -m submitit.local._local FOLDER"`
+    if LOCAL_CONTROLLER not in joined:
+        return False
+    return folder is None or str(folder.resolve()) in joined or str(folder.absolute()) in joined
+
+
 class LocalBackend(Backend):
-    """A local job's id is its controller's pid: alive means running; its result pickle
-    says how it ended; neither means it was killed (CANCELLED)."""
+    """A local job's id is its controller's pid: alive (and still that controller) means
+    running; its result pickle says how it ended; neither means it was killed (CANCELLED)."""
 
     kind = "local"
 
@@ -160,7 +193,7 @@ class LocalBackend(Backend):
         return executor
 
     def state(self, job_id: str, folder: Path) -> JobState:
-        if job_id.isdigit() and pid_alive(int(job_id)):
+        if local_controller_alive(job_id, folder):
             return JobState("RUNNING", node="localhost")
         outcome = recorded_outcome(folder / f"{job_id}_0_result.pkl")
         if outcome is not None:
@@ -169,12 +202,18 @@ class LocalBackend(Backend):
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         for job_id in job_ids:  # the local controller turns SIGINT into stopping its task
-            with contextlib.suppress(ValueError, ProcessLookupError):
-                os.kill(int(job_id), signal.SIGINT)
+            if local_controller_alive(job_id):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(job_id), signal.SIGINT)
 
 
 class InlineBackend(Backend):
     kind = "inline"
+    runs_in_this_process = True
+
+    def signals_while_submitting(self) -> contextlib.AbstractContextManager[None]:
+        """Not held: "submitting" runs the stage itself, which Ctrl-C must stop."""
+        return contextlib.nullcontext()
 
     def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
         return InlineExecutor()

@@ -15,11 +15,12 @@ launcher was interrupted (the job is cancelled first).
 from __future__ import annotations
 
 import codecs
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,9 +28,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hpcpipe.config import Profile
+from hpcpipe.launch import completion
 from hpcpipe.launch.checks import account_problem
+from hpcpipe.launch.claim import claimed
 from hpcpipe.launch.command_job import EXIT_MARK, exit_status_from
-from hpcpipe.launch.executors import backend
+from hpcpipe.launch.executors import Backend, backend
+from hpcpipe.launch.interrupts import Interrupted, SignalsAsExceptions, signals_noted
 from hpcpipe.launch.ledger import Entry, Ledger, file_safe
 from hpcpipe.launch.watch import Outcome
 from hpcpipe.tracking.context import RunContext
@@ -38,14 +42,7 @@ from hpcpipe.validation import ConfigError
 STDERR_TAIL_LINES = 20
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM reached the launcher."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+__all__ = ["Interrupted", "SignalsAsExceptions"]  # re-exported: the sweep runner uses them
 
 
 @dataclass
@@ -106,23 +103,10 @@ def private_folder(folder: Path, root: Path) -> Path:
     return folder
 
 
-class SignalsAsExceptions:
-    """Turn SIGINT/SIGTERM into ``Interrupted`` for the duration of a wait, so a
-    Ctrl-C or a killed ``dvc repro`` cancels the job instead of orphaning it."""
-
-    def __enter__(self) -> None:
-        def raise_interrupted(signum: int, _frame: Any) -> None:
-            raise Interrupted(signum)
-
-        self._old = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._old.items():
-            signal.signal(signum, handler)
-
-
 def say(message: str) -> None:
-    print(f"hpcpipe: {message}", file=sys.stderr, flush=True)
+    """One hpcpipe line on stderr; a closed stderr must not turn into a traceback."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"hpcpipe: {message}", file=sys.stderr, flush=True)
 
 
 def ledger_for(root: Path, profile: Profile) -> Ledger:
@@ -187,32 +171,137 @@ def resources_digest(profile: Profile, stage: str) -> str:
 
 
 def launch(work: Work, profile: Profile, root: Path) -> int:
-    """Run ``work`` under ``profile`` and return the launcher's exit status."""
+    """Run ``work`` under ``profile`` and return the launcher's exit status.
+
+    From the moment a job exists until its outcome is reported, every way out of here
+    (a signal, an exception, a broken pipe) cancels it or reports it: none leaves a job
+    that no launcher and no ledger entry knows about.
+    """
     started = time.monotonic()
     ledger = ledger_for(root, profile)
+    kind = backend(profile.executor)
+    job: Any = None
+    watcher: Any = None
     with SignalsAsExceptions():
-        watcher = None
         try:
-            job = _reattach(ledger, work, profile)
-            if job is None:
-                job = submit(root, profile, work.name, work.function, work.args, work.fingerprint)
-                say(f"{work.name}: job {job.job_id} submitted ({profile.name}: {profile.executor})")
-            watcher = backend(profile.executor).watch(job)
+            with claimed(ledger.claim_path(work.name), on_wait=lambda who: _say_waiting(work.name, who)):
+                if _adopt(ledger, work, profile, root):
+                    return 0
+                job = _reattach(ledger, work, profile)
+                if job is None:
+                    with kind.signals_while_submitting():
+                        job = _submit_recorded(root, profile, work, kind)
+                        watcher = kind.watch(job)
+                    say(f"{work.name}: job {job.job_id} submitted ({profile.name}: {profile.executor})")
+            watcher = watcher or kind.watch(job)
             _follow(job, watcher, profile.poll_s, started, work.name)
+            status = _report(job, watcher.outcome(), work, root, time.monotonic() - started)
         except Interrupted as stop:
-            if watcher is not None:
-                watcher.cancel()
-                say(f"{work.name}: {stop} received; cancelled job {job.job_id}; outputs left as they were")
-            return EXIT_INTERRUPTED if stop.signum == signal.SIGINT else 128 + stop.signum
-    return _report(job, watcher.outcome(), work, root, time.monotonic() - started)
+            if job is None and kind.runs_in_this_process:
+                say(
+                    f"{work.name}: {stop} received; the stage, running in this process, stopped; "
+                    "outputs left as they were"
+                )
+                return stop.exit_status
+            return _stop(job, watcher or (kind.watch(job) if job is not None else None), work, stop)
+        except Exception as err:
+            if job is None:
+                raise
+            return _abandon(job, watcher or kind.watch(job), work, err)
+    with contextlib.suppress(OSError):  # reported: a later launcher must not adopt it again
+        ledger.mark_reported(work.name, str(job.job_id))
+    return status
+
+
+def _say_waiting(stage: str, holder: dict[str, Any]) -> None:
+    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+    say(f"{stage}: another launcher of this stage ({who}) is submitting; waiting for its job")
+
+
+def _adopt(ledger: Ledger, work: Work, profile: Profile, root: Path) -> bool:
+    """A job of this very stage that finished while no launcher watched (see ``completion``)."""
+    entry = ledger.get(work.name)
+    if entry is None or entry.executor != profile.executor:
+        return False
+    if not completion.adoptable(entry, work.fingerprint, root, work.outs):
+        return False
+    ledger.mark_reported(work.name, entry.job_id)
+    say(
+        f"{work.name}: job {entry.job_id} finished while no launcher was watching it, and its "
+        "outputs are as it published them: adopted, nothing submitted"
+    )
+    return True
+
+
+def _submit_recorded(root: Path, profile: Profile, work: Work, kind: Backend) -> Any:
+    """Submit, and record the job in the ledger; a job that cannot be recorded is cancelled."""
+    folder = job_folder(root, profile, work.name)
+    job = prepared_executor(profile, work.name, folder).submit(work.function, *work.args)
+    try:
+        ledger_for(root, profile).put(ledger_entry(work.name, job, profile, work.fingerprint, folder))
+    except OSError as err:
+        problem = _cancel(kind.watch(job))
+        fate = f"cancelled job {job.job_id}" if problem is None else f"and {problem}"
+        raise ConfigError(
+            f"{work.name}: cannot record job {job.job_id} in {ledger_for(root, profile).folder} ({err}); "
+            f"{fate} rather than leave it running untracked"
+        ) from None
+    return job
+
+
+def _cancel(watcher: Any) -> str | None:
+    """Cancel the watched job; None when done, else what went wrong, in words. A second
+    Ctrl-C meanwhile is answered, not obeyed (see ``interrupts``)."""
+    job_id = watcher.job.job_id
+    with signals_noted(lambda _s: say(f"already cancelling job {job_id}; one moment")):
+        try:
+            watcher.cancel()
+        except subprocess.CalledProcessError as err:
+            why = (err.stderr or "").strip().splitlines()
+            return f"Slurm refused to cancel job {job_id}: {why[-1] if why else f'exit {err.returncode}'}"
+        except subprocess.TimeoutExpired:
+            return f"cancelling job {job_id} timed out (Slurm not answering)"
+        except OSError as err:
+            return f"cannot cancel job {job_id}: {err}"
+    return None
+
+
+def _cant_cancel(work: Work, job: Any, problem: str) -> int:
+    say(
+        f"{work.name}: {problem}; it may still be running: check `squeue -j {job.job_id}` "
+        f"and cancel it with `scancel {job.job_id}`"
+    )
+    return EXIT_FAILED
+
+
+def _stop(job: Any, watcher: Any, work: Work, stop: Interrupted) -> int:
+    if job is None:
+        say(f"{work.name}: {stop} received before anything was submitted; nothing to cancel")
+        return stop.exit_status
+    problem = _cancel(watcher)
+    if problem is not None:
+        return _cant_cancel(work, job, problem)
+    say(f"{work.name}: {stop} received; cancelled job {job.job_id}; outputs left as they were")
+    return stop.exit_status
+
+
+def _abandon(job: Any, watcher: Any, work: Work, err: Exception) -> int:
+    """The launcher cannot go on watching (a broken pipe, a full disk): cancel, never orphan."""
+    if isinstance(err, BrokenPipeError):  # nobody reads stdout any more: stop writing to it
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    problem = _cancel(watcher)
+    if problem is not None:
+        return _cant_cancel(work, job, problem)
+    say(
+        f"{work.name}: {type(err).__name__}: {err}; cancelled job {job.job_id} rather than leave it unwatched"
+    )
+    return EXIT_FAILED
 
 
 def submit(root: Path, profile: Profile, name: str, function: Any, args: tuple[Any, ...], fp: str) -> Any:
     """The one submit path of a single job (a stage, the --detach driver)."""
-    folder = job_folder(root, profile, name)
-    job = prepared_executor(profile, name, folder).submit(function, *args)
-    ledger_for(root, profile).put(ledger_entry(name, job, profile, fp, folder))
-    return job
+    return _submit_recorded(root, profile, Work(name, fp, function, args, ()), backend(profile.executor))
 
 
 def submit_array(
@@ -280,6 +369,8 @@ def _follow(job: Any, watcher: Any, poll_s: float, started: float, stage: str) -
     last_state = None
     while True:
         state, finished = watcher.poll()
+        for line in watcher.news():
+            say(f"{stage}: {line}")
         if state != last_state:
             say(f"{stage}: job {job.job_id} {state} ({time.monotonic() - started:.1f} s)")
             last_state = state

@@ -6,7 +6,8 @@ job is still queued or running and was submitted for the same fingerprint
 (the stage's content as DVC sees it: see ``dvc_stage``) and the same
 resources, the launcher waits for that job
 instead of submitting a second one; if the fingerprint changed, the stale job is
-cancelled first. ``hpcpipe status``, ``logs`` and ``cancel`` read it too.
+cancelled first; if it finished while no launcher watched, it is adopted (see
+``completion``). ``hpcpipe status``, ``logs`` and ``cancel`` read it too.
 
 One small JSON file per stage under the job directory, replaced atomically.
 """
@@ -15,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from hpcpipe.files import write_json_atomically
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Entry:
     stderr: str
     submitted_at: float
     resources: str = ""  # digest of what the scheduler was asked for (see launcher.resources_digest)
+    reported: bool = False  # a launcher told DVC how it ended: never adopted again (see completion)
 
     @property
     def age_s(self) -> float:
@@ -61,12 +64,19 @@ class Ledger:
         except (FileNotFoundError, json.JSONDecodeError, TypeError):
             return None
 
+    def claim_path(self, stage: str) -> Path:
+        """Held by the launcher deciding what to submit for ``stage`` (see ``claim``)."""
+        return self.folder / f"{file_safe(stage)}.claim"
+
+    def mark_reported(self, stage: str, job_id: str) -> None:
+        """The launcher has told DVC how ``job_id`` ended (unless a newer job replaced it)."""
+        entry = self.get(stage)
+        if entry is not None and entry.job_id == job_id and not entry.reported:
+            self.put(dataclasses.replace(entry, reported=True))
+
     def put(self, entry: Entry) -> None:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        target = self._file(entry.stage)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(dataclasses.asdict(entry), indent=1))
-        os.replace(tmp, target)
+        write_json_atomically(self._file(entry.stage), dataclasses.asdict(entry))
 
     def entries(self) -> Iterator[Entry]:
         for file in sorted(self.folder.glob("*.json")):

@@ -3,9 +3,15 @@
 submitit's own watcher asks ``sacct`` with a back-off that grows to a minute,
 fine for notebooks but too slow for a launcher that must notice a dead job in
 seconds. Here: ``squeue`` while the job is queued or running (it has the
-PENDING reason and the node), ``sacct`` once it has left the queue (the final
-state, exit code and elapsed time). Parsers are pure and tested as text; only
-``query`` runs commands.
+PENDING reason, the node and the restart count), ``sacct`` once it has left the
+queue (the final state, exit code and elapsed time). Parsers are pure and tested
+as text; only ``query``/``query_array``/``attempts`` run commands.
+
+Not every site runs accounting, and slurmdbd is sometimes down: then the final
+state that ``squeue -t all`` still shows (for MinJobAge after the end) is used.
+When neither knows the job, ``query`` says so (``NO_RECORD``) apart from Slurm not
+answering at all (``UNREACHABLE``): the watcher then reads the job's own result file
+and gives up after a limit instead of polling forever (see ``watch``).
 """
 
 from __future__ import annotations
@@ -28,9 +34,14 @@ FINAL_STATES = frozenset(
         "PREEMPTED",
         "REVOKED",
         "SPECIAL_EXIT",
+        "LOST",  # not Slurm's: hpcpipe's word for a job nobody can account for (see watch)
     }
 )
 SQUEUE_FORMAT = "%i|%T|%r|%N|%M"
+# the same fields, and the restart count (a requeue), which only --Format knows
+SQUEUE_FIELDS = "JobID:|,State:|,Reason:|,NodeList:|,TimeUsed:|,RestartCnt:"
+NO_RECORD = "no record"  # JobState("UNKNOWN").reason: Slurm answered and knows no such job
+UNREACHABLE = "Slurm not answering"  # ... neither squeue nor sacct answered at all
 SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Elapsed"
 COMMAND_TIMEOUT_S = 20
 
@@ -42,6 +53,7 @@ class JobState:
     node: str = ""
     elapsed: str = ""
     exit_code: str = ""
+    restarts: int = 0  # times Slurm requeued the job (squeue's RestartCnt)
 
     @property
     def final(self) -> bool:
@@ -49,7 +61,7 @@ class JobState:
 
     def describe(self) -> str:
         parts = [self.state]
-        if self.state == "PENDING" and self.reason and self.reason != "None":
+        if self.state in ("PENDING", "UNKNOWN", "LOST") and self.reason and self.reason != "None":
             parts.append(f"({self.reason})")
         if self.node and self.state != "PENDING":
             parts.append(f"on {self.node}")
@@ -59,12 +71,14 @@ class JobState:
 
 
 def parse_squeue(text: str, job_id: str) -> JobState | None:
-    """Parse ``squeue -h -o SQUEUE_FORMAT``; None when the job is not in the queue."""
+    """Parse ``squeue -h -o SQUEUE_FORMAT`` (or ``-O SQUEUE_FIELDS``, which adds the restart
+    count); None when the job is not in the queue."""
     for line in text.splitlines():
-        fields = line.strip().split("|")
-        if len(fields) == 5 and fields[0] == job_id:
-            _, state, reason, node, elapsed = fields
-            return JobState(state=state, reason=reason, node=node, elapsed=elapsed)
+        fields = [f.strip() for f in line.strip().split("|")]
+        if len(fields) in (5, 6) and fields[0] == job_id:
+            state, reason, node, elapsed = fields[1:5]
+            restarts = int(fields[5]) if len(fields) == 6 and fields[5].isdigit() else 0
+            return JobState(state=state, reason=reason, node=node, elapsed=elapsed, restarts=restarts)
     return None
 
 
@@ -152,24 +166,60 @@ def query_array(array_id: str) -> ArrayStates | None:
     return found
 
 
-def _run(command: list[str]) -> str | None:
+def _ask(command: list[str]) -> tuple[int | None, str, str]:
+    """(exit status, stdout, stderr); status None when the command could not run or timed out."""
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout if result.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return None, "", str(err)
+    return result.returncode, result.stdout, result.stderr
+
+
+def _run(command: list[str]) -> str | None:
+    status, out, _ = _ask(command)
+    return out if status == 0 else None
 
 
 def query(job_id: str) -> JobState:
-    """The job's state now: squeue first (cheap, live), sacct for jobs that left the queue."""
-    queued = _run(["squeue", "-h", "-j", job_id, "-o", SQUEUE_FORMAT])
-    if queued is not None:
-        state = parse_squeue(queued, job_id)
-        if state is not None and not state.final:
-            return state
+    """The job's state now: squeue first (cheap, live), sacct for jobs that left the queue,
+    squeue's own final state where sacct has none (no accounting, slurmdbd down)."""
+    status, out, err = _ask(["squeue", "-h", "-t", "all", "-j", job_id, "-O", SQUEUE_FIELDS])
+    queued = parse_squeue(out, job_id) if status == 0 else None
+    if queued is not None and not queued.final:
+        return queued
     accounted = _run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", SACCT_FIELDS])
     if accounted is not None:
         state = parse_sacct(accounted, job_id)
         if state is not None:
             return state
-    return JobState(state="UNKNOWN")
+    if queued is not None:  # final, and accounting has nothing: squeue's word for it
+        return queued
+    # squeue answers an id it has forgotten with "Invalid job id specified" (exit 1)
+    if status == 0 or "invalid job id" in err.lower() or accounted is not None:
+        return JobState(state="UNKNOWN", reason=NO_RECORD)
+    return JobState(state="UNKNOWN", reason=UNREACHABLE)
+
+
+# sacct's state for an attempt that Slurm ended by requeueing the job, in words
+REQUEUE_CAUSES = {
+    "REQUEUED": "requeued (scontrol requeue, or at the time-limit warning after a checkpoint)",
+    "PREEMPTED": "preempted",
+    "NODE_FAIL": "its node failed",
+    "TIMEOUT": "time limit reached",
+    "BOOT_FAIL": "its node failed to boot",
+}
+
+
+def requeue_cause(job_id: str) -> str:
+    """Why the job's last attempt ended in a requeue, from ``sacct -D`` (every attempt);
+    "reason unknown" without accounting."""
+    accounted = _run(["sacct", "-n", "-P", "-X", "-D", "-j", job_id, "-o", SACCT_FIELDS])
+    attempts = [
+        line.split("|")[1].split()[0]
+        for line in (accounted or "").splitlines()
+        if line.split("|")[0] == job_id and len(line.split("|")) == 5
+    ]
+    ended = [state for state in attempts if state not in ("PENDING", "RUNNING", "REQUEUED_HOLD")]
+    if not ended:
+        return "reason unknown: no accounting record"
+    return REQUEUE_CAUSES.get(ended[-1], ended[-1].lower())

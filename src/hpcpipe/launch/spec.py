@@ -23,6 +23,9 @@ class StageSpec:
     tracked: bool = True  # opens a W&B run when W&B is on
     # takes a ``checkpoint`` path: saves its state there as it goes and resumes from it
     resumable: bool = False
+    # every DVC out of the stage (relative to the project root): signed in the job's
+    # completion stamp so a later launcher can adopt the finished job (see completion)
+    outs: tuple[str, ...] = ()
 
     @property
     def roles(self) -> tuple[str, ...]:

@@ -114,6 +114,7 @@ def function_work(
         outputs=outputs,
         tracked=decl.tracked,
         resumable=is_resumable(func),
+        outs=stage.outs,
     )
     context = run_context(stage.name, profile, stage.fingerprint)
     function = job_side.stage_callable(spec)

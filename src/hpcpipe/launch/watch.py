@@ -3,6 +3,11 @@
 - Slurm: ``squeue``/``sacct`` through ``slurm_state`` every poll (submitit's
   watcher backs off to a minute), and the job's result pickle read directly
   once Slurm says the job is over, so a dead job is reported within a poll or two.
+  When Slurm has no record of the job (no accounting, and squeue has forgotten it)
+  the result pickle alone tells how it ended; with neither, the job is LOST after
+  ``NO_RECORD_LIMIT_S`` (``UNREACHABLE_LIMIT_S`` while Slurm does not answer at all),
+  so the launcher never polls forever. A requeue (RestartCnt going up) is said once,
+  with its cause from ``sacct -D``.
 - local: the subprocess, through submitit's LocalJob.
 - inline: already finished when submitted.
 
@@ -12,6 +17,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +26,9 @@ from typing import Any
 from hpcpipe.launch import slurm_state
 
 RESULT_GRACE_S = 10.0  # a shared filesystem may show the result pickle a little after sacct says COMPLETED
+NO_RECORD_LIMIT_S = 60.0  # Slurm knows no such job and it left no result (yet: shared filesystem lag)
+UNREACHABLE_LIMIT_S = 1800.0  # slurmctld down: a restart or failover takes minutes, not half an hour
+CANCEL_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -48,10 +57,38 @@ class SlurmWatch:
     def __init__(self, job: Any) -> None:
         self.job = job
         self.last = slurm_state.JobState("UNKNOWN")
+        self._silent_since: float | None = None
+        self._restarts = 0
 
     def poll(self) -> tuple[str, bool]:
-        self.last = slurm_state.query(str(self.job.job_id))
-        return self.last.describe(), self.last.final
+        state = slurm_state.query(str(self.job.job_id))
+        if state.state == "UNKNOWN":
+            state = self._without_slurm(state)
+        else:
+            self._silent_since = None
+        self.last = state
+        return state.describe(), state.final
+
+    def _without_slurm(self, state: slurm_state.JobState) -> slurm_state.JobState:
+        """Slurm cannot say: the job's own result file can; else wait, up to a limit."""
+        recorded = recorded_outcome(Path(self.job.paths.result_pickle))
+        if recorded is not None:
+            return slurm_state.JobState("COMPLETED" if recorded else "FAILED", reason="from its result file")
+        now = time.monotonic()
+        self._silent_since = self._silent_since or now
+        limit = NO_RECORD_LIMIT_S if state.reason == slurm_state.NO_RECORD else UNREACHABLE_LIMIT_S
+        if now - self._silent_since > limit:
+            why = f"{state.reason} for {limit:.0f} s, and the job left no result"
+            return slurm_state.JobState("LOST", reason=why)
+        return state
+
+    def news(self) -> list[str]:
+        """One line per requeue since the last call: Slurm sent the job back to the queue."""
+        if self.last.restarts <= self._restarts:
+            return []
+        self._restarts = self.last.restarts
+        cause = slurm_state.requeue_cause(str(self.job.job_id))
+        return [f"job {self.job.job_id} requeued by Slurm ({cause}); attempt {self._restarts + 1}"]
 
     def outcome(self) -> Outcome:
         pickle_path = Path(self.job.paths.result_pickle)
@@ -65,7 +102,14 @@ class SlurmWatch:
         return Outcome(False, self.last.state, f"Slurm state {self.last.describe()}; the job left no result")
 
     def cancel(self) -> None:
-        self.job.cancel(check=False)
+        """scancel; a refusal or a timeout raises, so nobody is told "cancelled" wrongly."""
+        subprocess.run(
+            ["scancel", str(self.job.job_id)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=CANCEL_TIMEOUT_S,
+        )
 
 
 class LocalWatch:
@@ -75,6 +119,9 @@ class LocalWatch:
     def poll(self) -> tuple[str, bool]:
         finished = self.job.done()
         return self.job.state, finished
+
+    def news(self) -> list[str]:
+        return []
 
     def outcome(self) -> Outcome:
         try:

@@ -1,0 +1,177 @@
+"""The launcher's fault table on the real Slurm test cluster (issue 13, points 1-3 and 14).
+
+Each test makes one fault happen for real: a launcher SIGKILLed while its job runs, a
+signal between sbatch and the start of watching, a second Ctrl-C during the cancel, a
+ledger that cannot be written, a stdout nobody reads, two launchers of one stage at once,
+a requeue. Where the fault is Slurm's own answer (scancel refusing), a shim on PATH
+gives that answer and calls nothing else: the narrowest seam, since the test cluster's
+root user may cancel anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_launcher_local import wait_for
+from tests.integration.test_slurm_launcher import jobs_named, ledger_job, now, slurm_project, squeue_state
+from tests.support.launch_project import add_fake_stage, fake_stage_args
+from tests.support.slurm import sacct_row
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+__all__ = ["slurm_project"]  # the fixture, shared with the launcher tests
+
+
+def shim(folder: Path, name: str, body: str) -> Path:
+    """An executable ``name`` in ``folder`` that runs ``body`` (sh); $REAL is the real command."""
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text(f'#!/bin/sh\nREAL="{shutil.which(name)}"\n{textwrap.dedent(body)}')
+    path.chmod(0o755)
+    return folder
+
+
+def hpcpipe(
+    project: Path, function: str, shims: Path | None = None, declare: bool = True, **popen: object
+) -> subprocess.Popen:
+    """`hpcpipe run fake ...` for ``fake_stages.FUNCTION`` on the test cluster, as `dvc repro` starts it."""
+    env = {**os.environ, "HPCPIPE_CLUSTER": "testcluster"}
+    if shims is not None:
+        env["PATH"] = f"{shims}{os.pathsep}{env['PATH']}"
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    args = add_fake_stage(project, function) if declare else fake_stage_args(function)
+    return subprocess.Popen(
+        ["hpcpipe", *args], cwd=project, env=env, text=True, start_new_session=True, **popen
+    )
+
+
+def cleanup(job_id: str | None) -> None:
+    if job_id:
+        subprocess.run(["scancel", job_id], capture_output=True)
+
+
+def test_a_job_that_finished_while_no_launcher_watched_is_adopted(slurm_project: Path):
+    """Point 1: SSH drop, the job completes and publishes; the next launch submits nothing.
+    Once that outcome has been reported, a further launch (dvc repro -f) runs it again."""
+    since = now()
+    earlier = set(jobs_named("hpcpipe-fake", since, slurm_project))
+    first = hpcpipe(slurm_project, "sleep_briefly")
+    wait_for(lambda: ledger_job(slurm_project) is not None, timeout=60)
+    job_id = ledger_job(slurm_project)
+    wait_for(lambda: squeue_state(job_id) == "RUNNING", timeout=60)
+    first.kill()  # as an SSH drop: no chance to cancel
+    first.communicate()
+    wait_for(lambda: sacct_row(job_id)[0] == "COMPLETED", timeout=120)
+    assert (slurm_project / "out" / "result.txt").read_text() == "done"
+    second = hpcpipe(slurm_project, "sleep_briefly")
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    assert f"job {job_id} finished while no launcher was watching it" in err and "adopted" in err
+    assert [j for j in jobs_named("hpcpipe-fake", since, slurm_project) if j not in earlier] == [job_id]
+    third = hpcpipe(slurm_project, "write_outputs")  # another function: another stage content
+    _, err = third.communicate(timeout=300)
+    assert third.returncode == 0 and "adopted" not in err, err
+
+
+def test_a_signal_between_sbatch_and_watching_cancels_the_job(slurm_project: Path, tmp_path: Path):
+    """Point 2: Ctrl-C reaches the launcher while sbatch is answering (the shim sends it to
+    its parent, the launcher, then lets the real sbatch submit). The job is in the ledger,
+    then cancelled; exit 130, no traceback."""
+    shims = shim(tmp_path / "shims", "sbatch", 'kill -INT "$PPID"\nexec "$REAL" "$@"\n')
+    driver = hpcpipe(slurm_project, "sleep_then_write", shims)
+    _, err = driver.communicate(timeout=120)
+    job_id = ledger_job(slurm_project)
+    assert driver.returncode == 130, err
+    assert job_id and f"cancelled job {job_id}" in err
+    assert "Traceback" not in err
+    wait_for(lambda: sacct_row(job_id)[0].startswith("CANCELLED"), timeout=60)
+
+
+def test_a_second_ctrl_c_while_cancelling_does_not_break_the_cancel(slurm_project: Path, tmp_path: Path):
+    shims = shim(tmp_path / "shims", "scancel", 'kill -INT "$PPID"\nsleep 1\nexec "$REAL" "$@"\n')
+    driver = hpcpipe(slurm_project, "sleep_then_write", shims)
+    wait_for(lambda: (slurm_project / "job.pid").exists(), timeout=120)
+    job_id = ledger_job(slurm_project)
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130, err
+    assert "already cancelling" in err and f"cancelled job {job_id}" in err
+    assert "Traceback" not in err
+    wait_for(lambda: sacct_row(job_id)[0].startswith("CANCELLED"), timeout=60)
+
+
+def test_a_cancel_that_slurm_refuses_is_said_and_never_called_cancelled(slurm_project: Path, tmp_path: Path):
+    refuse = "echo 'scancel: error: Kill job error on job id $1: Access/permission denied' >&2\nexit 1\n"
+    shims = shim(tmp_path / "shims", "scancel", refuse)
+    driver = hpcpipe(slurm_project, "sleep_then_write", shims)
+    wait_for(lambda: (slurm_project / "job.pid").exists(), timeout=120)
+    job_id = ledger_job(slurm_project)
+    try:
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=60)
+        assert driver.returncode not in (0, 130), err
+        assert "Slurm refused to cancel" in err and "permission denied" in err
+        assert f"scancel {job_id}" in err and "cancelled job" not in err
+        assert squeue_state(job_id) == "RUNNING"
+    finally:
+        cleanup(job_id)
+
+
+def test_a_ledger_that_cannot_be_written_cancels_the_job_it_would_record(slurm_project: Path):
+    """A real write failure: the ledger entry's path is a directory, so the rename fails."""
+    (slurm_project / ".hpcpipe" / "jobs" / "ledger" / "fake.json").mkdir(parents=True)
+    since = now()
+    driver = hpcpipe(slurm_project, "sleep_then_write")
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode != 0, err
+    assert "cannot record job" in err and "Traceback" not in err
+    (job_id,) = jobs_named("hpcpipe-fake", since, slurm_project)
+    assert f"cancelled job {job_id}" in err
+    wait_for(lambda: sacct_row(job_id)[0].startswith("CANCELLED"), timeout=60)
+
+
+def test_a_broken_stdout_cancels_the_job_without_a_traceback(slurm_project: Path):
+    driver = hpcpipe(slurm_project, "chatter")
+    wait_for(lambda: (slurm_project / "job.pid").exists(), timeout=120)
+    job_id = ledger_job(slurm_project)
+    driver.stdout.close()  # `dvc repro | head`: nobody reads the launcher's stdout any more
+    err = driver.stderr.read()
+    driver.wait(timeout=60)
+    assert driver.returncode == 1, err
+    assert "BrokenPipeError" in err and f"cancelled job {job_id}" in err
+    assert "Traceback" not in err and "Exception ignored" not in err
+    wait_for(lambda: sacct_row(job_id)[0].startswith("CANCELLED"), timeout=60)
+
+
+def test_two_launchers_of_one_stage_share_one_job(slurm_project: Path):
+    """Point 3: two terminals start the same stage at once: one job, both exit 0."""
+    since = now()
+    earlier = set(jobs_named("hpcpipe-fake", since, slurm_project))
+    add_fake_stage(slurm_project, "sleep_briefly")  # dvc.yaml written once, before both start
+    both = [hpcpipe(slurm_project, "sleep_briefly", declare=False) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in both]
+    assert [p.returncode for p in both] == [0, 0], errs
+    new = [j for j in jobs_named("hpcpipe-fake", since, slurm_project) if j not in earlier]
+    assert len(new) == 1, (new, errs)
+    assert sum(f"reattached to job {new[0]}" in err for err in errs) == 1, errs
+
+
+def test_a_requeue_is_said_with_its_cause_and_attempt(slurm_project: Path):
+    """Point 14: `scontrol requeue` sends the running job back to the queue; the launcher
+    says so in one line, then follows the second attempt to the end."""
+    driver = hpcpipe(slurm_project, "sleep_briefly")
+    wait_for(lambda: ledger_job(slurm_project) is not None, timeout=60)
+    job_id = ledger_job(slurm_project)
+    wait_for(lambda: squeue_state(job_id) == "RUNNING", timeout=60)
+    subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 0, err
+    said = [line for line in err.splitlines() if "requeued by Slurm" in line]
+    assert len(said) == 1, err
+    assert f"job {job_id} requeued by Slurm (requeued" in said[0] and "attempt 2" in said[0]

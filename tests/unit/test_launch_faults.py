@@ -1,0 +1,194 @@
+"""The launcher's fault handling piece by piece (issue 13): claims, adoption, signals held
+during a submission, Slurm without accounting, and a local job's identity.
+
+Real processes, files and signals. Slurm's answers (squeue/sacct without accounting, or
+not answering) come from shims on PATH printing what Slurm prints in those cases; the
+same paths run against the real test cluster in tests/integration/test_slurm_faults.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from hpcpipe.files import write_json_atomically
+from hpcpipe.launch import claim, completion, slurm_state, watch
+from hpcpipe.launch.executors import LocalBackend, local_controller_alive
+from hpcpipe.launch.interrupts import Interrupted, signals_held
+from hpcpipe.launch.ledger import Entry
+
+
+# ------------------------------------------------------------------ claims
+def test_a_held_claim_makes_the_second_launcher_wait_until_it_is_released(tmp_path: Path):
+    path = tmp_path / "train.claim"
+    order: list[str] = []
+    waited = threading.Event()
+
+    def second() -> None:
+        with claim.claimed(path, on_wait=lambda holder: waited.set()):
+            order.append("second")
+
+    with claim.claimed(path):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert waited.wait(5)
+        time.sleep(0.3)
+        order.append("first")
+    thread.join(5)
+    assert order == ["first", "second"]
+    assert not path.exists()
+
+
+def test_a_claim_left_by_a_dead_launcher_on_this_host_is_taken_over(tmp_path: Path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path = tmp_path / "train.claim"
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "time": time.time()}))
+    with claim.claimed(path, on_wait=lambda holder: pytest.fail(f"waited for a dead launcher: {holder}")):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
+def test_a_fresh_claim_from_another_host_is_waited_for_and_an_old_one_is_not(tmp_path: Path):
+    path = tmp_path / "train.claim"
+    path.write_text(json.dumps({"host": "login-other", "pid": 1, "time": time.time()}))
+    assert not claim.is_stale(path)
+    old = time.time() - claim.STALE_S - 5
+    os.utime(path, (old, old))
+    assert claim.is_stale(path)
+
+
+# ------------------------------------------------------------------ adoption
+def _entry(tmp_path: Path, **changes: object) -> Entry:
+    fields = dict(
+        stage="train",
+        job_id="77",
+        executor="slurm",
+        fingerprint="fp1",
+        folder=str(tmp_path / "jobs"),
+        stdout="",
+        stderr="",
+        submitted_at=time.time(),
+    )
+    return Entry(**{**fields, **changes})
+
+
+def test_a_finished_job_is_adoptable_only_while_its_outputs_are_as_it_left_them(tmp_path: Path):
+    root = tmp_path / "project"
+    (root / "out").mkdir(parents=True)
+    (root / "out" / "model.txt").write_text("weights")
+    entry = _entry(tmp_path)
+    assert not completion.adoptable(entry, "fp1", root, ["out/model.txt"])  # no stamp: never finished
+    record = {"fingerprint": "fp1", "outputs": completion.outputs_signature(root, ["out/model.txt"])}
+    write_json_atomically(completion.stamp_path(Path(entry.folder), "77"), record)
+    assert completion.adoptable(entry, "fp1", root, ["out/model.txt"])
+    assert not completion.adoptable(entry, "fp2", root, ["out/model.txt"])  # the stage changed since
+    assert not completion.adoptable(_entry(tmp_path, reported=True), "fp1", root, ["out/model.txt"])
+    (root / "out" / "model.txt").write_text("weights, edited")  # someone touched the output
+    assert not completion.adoptable(entry, "fp1", root, ["out/model.txt"])
+
+
+# ------------------------------------------------------------------ signals
+def test_a_signal_during_a_submission_is_raised_once_the_submission_is_done():
+    for block in (True, False):
+        steps: list[str] = []
+        with pytest.raises(Interrupted) as stop, signals_held(block=block):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            steps.append("job in the ledger")
+        assert steps == ["job in the ledger"]
+        assert stop.value.exit_status == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# ------------------------------------------------------------------ Slurm without accounting
+def _slurm_shims(folder: Path, squeue: str, sacct: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    for name, body in (("squeue", squeue), ("sacct", sacct)):
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+    return folder
+
+
+def test_squeues_final_state_is_used_when_sacct_fails(tmp_path: Path, monkeypatch):
+    no_dbd = "echo 'sacct: error: Problem talking to the database: Connection refused' >&2; exit 1"
+    shims = _slurm_shims(tmp_path / "a", "echo '42|FAILED|NonZeroExitCode|node1|0:07|0'", no_dbd)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    assert slurm_state.query("42") == slurm_state.JobState("FAILED", "NonZeroExitCode", "node1", "0:07")
+
+
+def test_a_job_slurm_forgot_is_told_from_one_slurm_does_not_answer(tmp_path: Path, monkeypatch):
+    forgot = "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1"
+    silent = "echo 'slurm_load_jobs error: Unable to contact slurm controller (connect failure)' >&2; exit 1"
+    sacct_none = "echo 'sacct: error: Slurmdbd is not running' >&2; exit 1"
+    for squeue, reason in ((forgot, slurm_state.NO_RECORD), (silent, slurm_state.UNREACHABLE)):
+        shims = _slurm_shims(tmp_path / reason.replace(" ", "-"), squeue, sacct_none)
+        monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+        assert slurm_state.query("42") == slurm_state.JobState("UNKNOWN", reason=reason)
+
+
+def test_without_slurm_the_result_file_tells_and_else_the_job_is_lost_after_a_limit(tmp_path, monkeypatch):
+    import submitit.core.utils as sub
+
+    forgot = "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1"
+    shims = _slurm_shims(tmp_path / "s", forgot, "exit 1")
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    result = tmp_path / "42_0_result.pkl"
+    job = SimpleNamespace(job_id="42", paths=SimpleNamespace(result_pickle=result))
+    watcher = watch.SlurmWatch(job)
+    assert watcher.poll() == ("UNKNOWN (no record)", False)
+    monkeypatch.setattr(watch, "NO_RECORD_LIMIT_S", 0.0)
+    time.sleep(0.01)
+    described, finished = watcher.poll()
+    assert finished and described.startswith("LOST (no record for 0 s")
+    sub.cloudpickle_dump(("success", {"ok": 1}), result)
+    assert watch.SlurmWatch(job).poll() == ("COMPLETED", True)
+    fresh = watch.SlurmWatch(job)
+    fresh.poll()
+    assert fresh.outcome().ok
+
+
+# ------------------------------------------------------------------ a local job's identity
+def test_a_reused_pid_is_never_taken_for_a_local_job_or_signalled(tmp_path: Path):
+    """The pid of a finished local job, now someone else's process: not RUNNING, not killed."""
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        folder = tmp_path / "jobs"
+        folder.mkdir()
+        assert not local_controller_alive(str(stranger.pid))
+        assert LocalBackend().state(str(stranger.pid), folder).state == "CANCELLED"
+        LocalBackend().cancel([str(stranger.pid)])
+        time.sleep(0.2)
+        assert stranger.poll() is None  # still running: it was not signalled
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_live_local_job_is_recognised_by_its_controller(tmp_path: Path):
+    import submitit
+
+    executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
+    executor.update_parameters(timeout_min=2)
+    job = executor.submit(time.sleep, 30)
+    try:
+        folder = tmp_path / "jobs"
+        assert local_controller_alive(job.job_id, folder)
+        assert not local_controller_alive(job.job_id, tmp_path / "elsewhere")
+        assert LocalBackend().state(job.job_id, folder).state == "RUNNING"
+        LocalBackend().cancel([job.job_id])
+        deadline = time.monotonic() + 30
+        while local_controller_alive(job.job_id) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not local_controller_alive(job.job_id)
+    finally:
+        job.cancel()
