@@ -158,3 +158,35 @@ def test_control_characters_in_a_profile_are_refused(tmp_path, text, message):
         "profile values are single lines of plain text (give setup: one list item per line)"
     )
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "extends: slurm\npoll_s: .inf\n",
+            "mysite.yaml: poll_s: inf is not a finite number; expected a number > 0",
+        ),
+        (
+            "extends: slurm\ndefaults:\n  mem_gb: .nan\n",
+            "mysite.yaml: defaults.mem_gb: nan is not a finite number;",
+        ),
+        (
+            "extends: slurm\ndefaults:\n  cpu: 4\n",
+            "mysite.yaml: defaults.cpu: unknown key; did you mean defaults.cpus? ",
+        ),
+        (
+            "extends: slurm\npol_s: 2\n",
+            "mysite.yaml: pol_s: unknown key; did you mean poll_s? known keys are ",
+        ),
+    ],
+)
+def test_profile_numbers_are_finite_and_misspelt_keys_get_the_close_one(tmp_path, text, message):
+    from hpcpipe.validation import ConfigError
+
+    folder = tmp_path / "configs" / "cluster"
+    folder.mkdir(parents=True)
+    (folder / "mysite.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_profile("mysite", tmp_path)
+    assert message in str(err.value)
