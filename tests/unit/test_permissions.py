@@ -85,7 +85,7 @@ def test_the_message_names_the_path_and_the_fix(proj):
     (state / "jobs").chmod(0o777)
     assert write_access_problem(proj, profile) == (
         f"{state} is writable by others (mode 0757): anyone who can write there runs code as you "
-        f"on the nodes; run: chmod go-w {state} (1 more below it: chmod -R go-w {state})"
+        f"on the nodes; run: chmod go-w {state} (1 more in {state}: chmod -R go-w {state})"
     )
 
 

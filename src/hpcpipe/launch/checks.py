@@ -83,8 +83,12 @@ def open_for_writing(top: Path, depth: int = 0) -> list[OpenPath]:
             return
         if stat.S_ISLNK(st.st_mode):  # its own mode means nothing; its folder's decides
             return
-        shared = {name for name, _, _ in _CLASSES} - ({"group"} if _private_group(st.st_gid) else set())
-        who = [name for name, write, _ in _CLASSES if name in reach & shared and st.st_mode & write]
+        only_you = _private_group(st.st_gid)
+        who = [
+            name
+            for name, write, _ in _CLASSES
+            if name in reach and st.st_mode & write and not (name == "group" and only_you)
+        ]
         if who:
             found.append(OpenPath(path, " and ".join(who), stat.S_IMODE(st.st_mode)))
         if level >= depth or not stat.S_ISDIR(st.st_mode):
@@ -120,7 +124,7 @@ def _describe(found: list[OpenPath], top: Path) -> str:
         f"there runs code as you on the nodes; run: chmod go-w {first.path}"
     )
     if len(found) > 1:
-        line += f" ({len(found) - 1} more below it: chmod -R go-w {top})"
+        line += f" ({len(found) - 1} more in {top}: chmod -R go-w {top})"
     return line
 
 
