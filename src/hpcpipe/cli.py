@@ -143,6 +143,7 @@ def cmd_sweep(rest: list[str]) -> int:
 def cmd_run(args: argparse.Namespace, extra: list[str], command: list[str] | None) -> int:
     """``hpcpipe run NAME -- CMD`` (a command stage) or ``--fn`` (a function stage)."""
     from hpcpipe.config import stage_name_problem
+    from hpcpipe.launch.checks import write_access_problem
     from hpcpipe.launch.dvc_stage import load_stage
     from hpcpipe.launch.launcher import launch
     from hpcpipe.launch.stage_work import command_work, function_work
@@ -160,6 +161,9 @@ def cmd_run(args: argparse.Namespace, extra: list[str], command: list[str] | Non
     if command is not None and not command:
         raise UsageError(f"hpcpipe run {args.stage}: nothing after --; give the command to run")
     profile = load_profile(resolve_profile_name(args.cluster), root)
+    problem = write_access_problem(root, profile)  # another user's code would run as you
+    if problem:
+        raise ConfigError(problem)
     stage = load_stage(root, args.stage)
     problem = stage_name_problem(profile, stage.project_stages)
     if problem:

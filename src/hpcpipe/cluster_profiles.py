@@ -14,6 +14,11 @@ Merging, from the base up: top-level keys are replaced, ``defaults:`` and each
 whole), and every stage entry is then laid over the merged defaults. Each file
 is validated on its own first, so an error names the file that holds the key.
 
+No value or key may hold a control character (a newline, a carriage return, an
+escape): profile values go into the sbatch script's ``#SBATCH`` lines and shell
+setup lines, where a newline starts a new directive or command, and into the
+terminal, where an escape sequence rewrites what the user reads.
+
 DVC names the members of a ``foreach``/``matrix`` stage ``name@key``: such a stage
 takes its own ``name@key`` entry, else the ``name`` entry, else the defaults.
 
@@ -23,7 +28,8 @@ takes its own ``name@key`` entry, else the ``name`` entry, else the defaults.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
+import unicodedata
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,6 +197,7 @@ def _read_layer(path: Path, source: str) -> _Layer:
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of keys, got {raw!r}")
+    _refuse_control_characters(raw, source)
     for key in raw:
         if key in _LOADER_FIELDS:
             known = sorted({f.name for f in dataclasses.fields(Profile)} - {*_LOADER_FIELDS} | {"extends"})
@@ -210,6 +217,32 @@ def _read_layer(path: Path, source: str) -> _Layer:
     top = {k: v for k, v in raw.items() if k not in ("defaults", "stages", "extends")}
     build(Profile, {"name": path.stem, "executor": EXECUTORS[0], **top}, source=source, prefix="")
     return _Layer(source, {**raw, "defaults": raw.get("defaults") or {}, "stages": stages})
+
+
+def _refuse_control_characters(raw: dict[str, Any], source: str) -> None:
+    """One line naming the key whose value (or name) holds a control character."""
+    for key_path, text in _texts(raw, ""):
+        bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
+        if bad is not None:
+            raise ConfigError(
+                f"{source}: {key_path}: control character {bad!r} in {text!r}; profile values are "
+                "single lines of plain text (give setup: one list item per line)"
+            )
+
+
+def _texts(node: Any, key_path: str) -> Iterator[tuple[str, str]]:
+    """Every string in a YAML tree, keys included, with the dotted path that holds it."""
+    if isinstance(node, str):
+        yield key_path, node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{key_path}.{key}" if key_path else str(key)
+            if isinstance(key, str):
+                yield (key_path or "(top level)"), key
+            yield from _texts(value, here)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _texts(item, f"{key_path}[{index}]")
 
 
 def _merge(layers: list[_Layer], name: str) -> Profile:

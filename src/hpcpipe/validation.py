@@ -6,12 +6,17 @@ key, the value found and what was expected, e.g.
 ``params.yaml: train.lr: expected a number > 0, got 'fast'``.
 
 A field declares its rule with ``rule(...)`` in its dataclass metadata; the loader
-checks unknown keys, missing keys, types and the rule, in that order.
+checks unknown keys, missing keys, types and the rule, in that order. A misspelt key
+is answered with the closest known one (``did you mean train.lr?``); ``.inf`` and
+``.nan`` are never numbers here (a learning rate of ``.inf`` passes ``> 0``, then
+ruins a run hours later).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -46,6 +51,21 @@ def non_negative(**field_kwargs: Any) -> Any:
 def one_of(*choices: str, **field_kwargs: Any) -> Any:
     listed = ", ".join(repr(c) for c in choices)
     return rule(lambda v: v in choices, f"one of {listed}", **field_kwargs)
+
+
+def did_you_mean(key: object, known: list[str], prefix: str = "") -> str:
+    """``" did you mean train.lr?"`` when a known key is close to ``key``, else ``""``.
+
+    ``prefix`` is the dotted section, so the suggestion is the whole key to write.
+    """
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f" did you mean {prefix}.{close[0]}?" if prefix else f" did you mean {close[0]}?"
+
+
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _describe_type(tp: Any) -> str:
@@ -92,8 +112,12 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or _non_finite(value):
+            return False, value
+        try:
+            return True, float(value)
+        except OverflowError:  # an integer literal past float's range
+            return False, value
     if tp is str:
         return isinstance(value, str), value
     return isinstance(value, tp), value
@@ -105,7 +129,7 @@ def build(cls: type[T], raw: Any, *, source: str | Path, prefix: str) -> T:
     ``source`` is the file named in errors, ``prefix`` the dotted path of this section.
     Nested dataclass fields are built recursively.
     """
-    where = f"{source}: {prefix}" if prefix else f"{source}:"
+    where = f"{source}: {prefix}" if prefix else str(source)
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -114,8 +138,11 @@ def build(cls: type[T], raw: Any, *, source: str | Path, prefix: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for key in raw:
         if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"{where}.{key}: unknown key; known keys are {known}")
+            key_path = f"{prefix}.{key}" if prefix else str(key)
+            hint = did_you_mean(key, list(fields), prefix)
+            raise ConfigError(
+                f"{source}: {key_path}: unknown key;{hint} known keys are {', '.join(sorted(fields))}"
+            )
     values: dict[str, Any] = {}
     for name, field in fields.items():
         key_path = f"{prefix}.{name}" if prefix else name
@@ -136,6 +163,8 @@ def build(cls: type[T], raw: Any, *, source: str | Path, prefix: str) -> T:
             expected = expected.replace("a number", "an integer")
         if ok and check is not None and converted is not None:
             ok = bool(check(converted))
+        if not ok and _non_finite(value) and _coerce(1.0, tp)[0]:  # a number field, given inf or nan
+            raise ConfigError(f"{source}: {key_path}: {value!r} is not a finite number; expected {expected}")
         if not ok:
             raise ConfigError(f"{source}: {key_path}: expected {expected}, got {value!r}")
         values[name] = converted

@@ -11,11 +11,15 @@ if it started it. Slurm must be installed first: `slurm/testcluster/install`
 from __future__ import annotations
 
 import os
+import re
+import socket
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.support.slurm import REPO, exported_conf, run, sacct_row, start_cluster
+from tests.support.slurm import REPO, SCRIPTS, exported_conf, run, sacct_row, start_cluster
 
 pytestmark = pytest.mark.slurm
 
@@ -93,3 +97,90 @@ def test_testcluster_profile_runs_each_stage_on_its_partition(slurm_cluster, tmp
         "train": ("gpu", "1"),
         "evaluate": ("gpu", "1"),
     }
+
+
+def free_port_base(first: int = 16917) -> int:
+    """Four free ports in a row for a second cluster (the shared one has 16817-16820)."""
+    for base in range(first, first + 400, 10):
+        try:
+            for port in range(base, base + 4):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError(f"no four free ports from {first}")
+
+
+def test_a_second_cluster_without_accounting_beside_the_shared_one(slurm_cluster, tmp_path_factory, tmp_path):
+    """`HPCPIPE_TESTCLUSTER_ACCOUNTING=0` (a site without slurmdbd) and JobRequeue=0, in its
+    own folder and ports, beside the shared cluster, whose slurmd has the same node name:
+    jobs run on both at once, this one's sacct fails while squeue and scontrol answer,
+    `hpcpipe cluster`'s checks say what that means, and stop ends only what it started."""
+    from hpcpipe.config import load_profile
+    from hpcpipe.launch.checks import run_checks
+
+    state = tmp_path_factory.mktemp("tc")  # short: the munge socket path has a length limit
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    env.update(
+        HPCPIPE_TESTCLUSTER_DIR=str(state),
+        HPCPIPE_TESTCLUSTER_PORT=str(free_port_base()),
+        HPCPIPE_TESTCLUSTER_ACCOUNTING="0",
+        HPCPIPE_TESTCLUSTER_JOB_REQUEUE="0",
+    )
+    shared_env = {**env, "SLURM_CONF": str(slurm_cluster.conf)}
+    shared_job = run(
+        "sbatch", "--parsable", "-o", tmp_path / "shared.out", "--wrap", "sleep 2"
+    ).stdout.strip()
+    try:
+        proc = subprocess.run(
+            ["bash", SCRIPTS / "start"], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith(
+            "# testcluster: started munged slurmctld slurmd in "
+        )  # no MariaDB, slurmdbd
+        conf = exported_conf(proc)
+        assert conf.parent == state.resolve() and conf != slurm_cluster.conf
+        own = {**env, "SLURM_CONF": str(conf)}
+
+        def slurm(
+            *cmd: str | Path, check: bool = True, on: dict[str, str] = own
+        ) -> subprocess.CompletedProcess:
+            done = subprocess.run([str(c) for c in cmd], env=on, capture_output=True, text=True, timeout=120)
+            assert not check or done.returncode == 0, f"{cmd}: {done.stderr}"
+            return done
+
+        job = slurm(
+            "sbatch", "--wait", "--parsable", "-o", tmp_path / "own.out", "--wrap", "echo ran"
+        ).stdout.strip()
+        assert (tmp_path / "own.out").read_text() == "ran\n"
+        sacct = slurm("sacct", "-n", "-X", "-j", job, "-o", "State", check=False)
+        assert sacct.returncode != 0 and not sacct.stdout.strip(), sacct
+        assert "accounting storage is disabled" in sacct.stderr
+        assert slurm("squeue", "-h", "-t", "all", "-j", job, "-o", "%T").stdout.strip() == "COMPLETED"
+        shown = slurm("scontrol", "show", "job", job).stdout
+        assert "JobState=COMPLETED" in shown and "Requeue=0" in shown  # JobRequeue=0: not requeueable
+        config = slurm("scontrol", "show", "config").stdout
+        assert re.search(r"^JobRequeue\s+= 0$", config, re.M)
+        assert re.search(r"^AccountingStorageType\s+= accounting_storage/none$", config, re.M)
+
+        with pytest.MonkeyPatch.context() as mp:  # what `hpcpipe cluster` says of such a site
+            mp.setenv("SLURM_CONF", str(conf))
+            checks = {check.name: check for check in run_checks(load_profile("testcluster", REPO), tmp_path)}
+        assert checks["sacct"].info and "this site keeps no job accounting" in checks["sacct"].detail
+        assert checks["requeue"].detail.startswith("JobRequeue=0: ")
+        assert checks["preemption"].detail.startswith("none on this site")
+
+        # the shared cluster, same node name on its own port: its job ran, its node is fine
+        assert sacct_row(shared_job, timeout_s=120) == ("COMPLETED", "cpu")  # it may queue behind others
+        node = slurm("sinfo", "-h", "-N", "-o", "%t", on=shared_env).stdout.split()
+        assert node and set(node) <= {"idle", "mix", "alloc", "comp"}, node
+    finally:
+        stop = subprocess.run(
+            ["bash", SCRIPTS / "stop", state], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert stop.returncode == 0, stop.stderr
+    assert "stopped slurmd slurmctld munged" in stop.stderr
+    assert not list((state / "run").glob("*.pid"))
+    assert run("scontrol", "ping").returncode == 0  # the shared one is still up

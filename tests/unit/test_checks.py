@@ -1,9 +1,11 @@
-"""`hpcpipe cluster` checks that need no cluster: job folder placement, accounts, stage names."""
+"""`hpcpipe cluster` checks that need no cluster: job folder placement, accounts, stage names,
+and what the site's Slurm configuration (as `scontrol show config` prints it) means for a stage."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from hpcpipe.config import Profile, Resources, known_profiles, load_profile, stage_name_problem
@@ -63,3 +65,73 @@ def test_the_examples_profiles_name_only_its_stages():
     names = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
     for profile_name in known_profiles(REPO):
         assert stage_name_problem(load_profile(profile_name, REPO), names) is None, profile_name
+
+
+# `scontrol show config` as Slurm 22.05 prints it (the lines that matter, and one whose value has '=')
+SHOW_CONFIG = """Configuration data as of 2026-12-02T02:00:31
+AccountingStorageType   = accounting_storage/slurmdbd
+JobRequeue              = {requeue}
+PreemptMode             = {mode}
+PreemptType             = {kind}
+PreemptExemptTime       = 00:00:00
+SchedulerParameters     = batch_sched_delay=0,sched_interval=2
+SlurmctldParameters     = {ctld}
+"""
+
+
+def site(requeue="1", mode="OFF", kind="preempt/none", ctld="(null)", extra="") -> dict[str, str]:
+    from hpcpipe.launch.checks import parse_slurm_config
+
+    text = SHOW_CONFIG.format(requeue=requeue, mode=mode, kind=kind, ctld=ctld) + extra
+    return parse_slurm_config(text)
+
+
+def lines(config: dict[str, str]) -> tuple[str, str]:
+    from hpcpipe.launch.checks import requeue_checks
+
+    requeue, preemption = requeue_checks(config)
+    assert requeue.ok and preemption.ok and requeue.info and preemption.info  # facts, never failures
+    return requeue.line(), preemption.line()
+
+
+def test_scontrol_show_config_is_read_key_by_key():
+    config = site()
+    assert config["SchedulerParameters"] == "batch_sched_delay=0,sched_interval=2"
+    assert (config["JobRequeue"], config["PreemptType"]) == ("1", "preempt/none")
+    assert "Configuration data as of 2026-12-02T02:00:31" not in "".join(config)
+
+
+def test_job_requeue_is_said_with_what_it_means():
+    assert lines(site("1"))[0].startswith(
+        "info  requeue: JobRequeue=1: Slurm requeues a job after a node failure"
+    )
+    off = lines(site("0"))[0]
+    assert off.startswith("info  requeue: JobRequeue=0: Slurm requeues a job ")
+    assert "only if it was submitted with --requeue" in off
+    assert "JobRequeue not in `scontrol show config`" in lines({})[0]
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        (site(), "none on this site (PreemptType=preempt/none): no job is preempted"),
+        (site(mode="GANG", kind="preempt/partition_prio"), "none on this site"),
+        (
+            site(mode="REQUEUE", kind="preempt/qos"),
+            "PreemptType=preempt/qos PreemptMode=REQUEUE (a QOS may set its own): a preempted job gets "
+            "SIGTERM, not the warning signal (USR2): it saves no checkpoint then; requeued (REQUEUE mode) "
+            "it resumes from its last one",
+        ),
+        (
+            site(mode="CANCEL", kind="preempt/qos", ctld="enable_configless,preempt_send_user_signal"),
+            "a preempted job gets the warning signal (USR2) as at its time limit",
+        ),
+        (
+            site(mode="REQUEUE", kind="preempt/qos", extra="PreemptParameters       = send_user_signal\n"),
+            "a preempted job gets the warning signal (USR2) as at its time limit",
+        ),
+        (site(mode="SUSPEND,GANG", kind="preempt/partition_prio"), "suspended and resumed later"),
+    ],
+)
+def test_preemption_says_whether_the_warning_signal_comes(config, said):
+    assert said in lines(config)[1]

@@ -55,7 +55,14 @@ def test_the_projects_params_load_into_frozen_sections():
         ),
         ({"data": {"source": "s3"}}, "params.yaml: data.source: expected one of 'cifar10', 'imagefolder'"),
         ({"train": {"momentum": 1.0}}, "params.yaml: train.momentum: expected a number in [0, 1), got 1.0"),
-        ({"train": {"lrr": 0.1}}, "params.yaml: train.lrr: unknown key; known keys are "),
+        (
+            {"train": {"lrr": 0.1}},
+            "params.yaml: train.lrr: unknown key; did you mean train.lr? known keys are ",
+        ),
+        (
+            {"train": {"xyzzy": 0.1}},
+            "params.yaml: train.xyzzy: unknown key; known keys are alternating_flip, ",
+        ),
         ({"train": None}, "params.yaml: train: missing"),
     ],
 )
@@ -65,6 +72,29 @@ def test_a_bad_value_names_file_key_value_and_expectation(tmp_path, changes, mes
         load_params(path)
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
+
+
+def test_a_misspelt_section_is_named_as_written_with_the_close_one(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text().replace("\ntrain:", "\ntarin:"))
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value) == (
+        "params.yaml: tarin: unknown key; did you mean train? "
+        "known keys are data, evaluate, prepare, train, wandb"
+    )
+
+
+@pytest.mark.parametrize("written", [".inf", "-.inf", ".nan", ".NaN"])
+def test_non_finite_numbers_are_refused(tmp_path, written):
+    """YAML reads `.inf` and `.nan` as floats: `.inf` passes `lr > 0`, `.nan` fails every
+    comparison, so each needs saying in its own words."""
+    path = write_params(tmp_path, train={"weight_decay": "SENTINEL"})
+    path.write_text(path.read_text().replace("SENTINEL", written))  # YAML's own spelling, unquoted
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value).startswith("params.yaml: train.weight_decay: ")
+    assert str(err.value).endswith(" is not a finite number; expected a number >= 0")
 
 
 def test_an_int_is_accepted_where_a_float_is_expected(tmp_path):

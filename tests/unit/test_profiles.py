@@ -116,3 +116,77 @@ def test_sbatch_text_matches_the_golden_file(profile_name, stage, request):
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(text)
     assert text == golden.read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'extends: slurm\ndefaults:\n  partition: "gpu\\n#SBATCH --uid=0"\n',
+            r"mysite.yaml: defaults.partition: control character '\n' in 'gpu\n#SBATCH --uid=0'; ",
+        ),
+        (
+            "extends: slurm\ndefaults:\n  setup: |\n    module load pytorch\n    conda activate x\n",
+            r"mysite.yaml: defaults.setup: control character '\n' in 'module load pytorch\nconda ",
+        ),
+        (
+            'extends: slurm\nstages:\n  train:\n    setup: ["module load a", "echo \\r"]\n',
+            r"mysite.yaml: stages.train.setup[1]: control character '\r' in 'echo \r'",
+        ),
+        (
+            'extends: slurm\ndescription: "\\e[2Jall fine"\n',
+            r"mysite.yaml: description: control character '\x1b'",
+        ),
+        (
+            'extends: slurm\nstages:\n  "tr\\tain":\n    gpus: 1\n',
+            r"mysite.yaml: stages: control character '\t'",
+        ),
+    ],
+)
+def test_control_characters_in_a_profile_are_refused(tmp_path, text, message):
+    """A newline in a value becomes a second #SBATCH directive or shell command in the job
+    script; an escape sequence rewrites the user's terminal when the profile is printed."""
+    from hpcpipe.validation import ConfigError
+
+    folder = tmp_path / "configs" / "cluster"
+    folder.mkdir(parents=True)
+    (folder / "mysite.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_profile("mysite", tmp_path)
+    assert message in str(err.value)
+    assert str(err.value).endswith(
+        "profile values are single lines of plain text (give setup: one list item per line)"
+    )
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "extends: slurm\npoll_s: .inf\n",
+            "mysite.yaml: poll_s: inf is not a finite number; expected a number > 0",
+        ),
+        (
+            "extends: slurm\ndefaults:\n  mem_gb: .nan\n",
+            "mysite.yaml: defaults.mem_gb: nan is not a finite number;",
+        ),
+        (
+            "extends: slurm\ndefaults:\n  cpu: 4\n",
+            "mysite.yaml: defaults.cpu: unknown key; did you mean defaults.cpus? ",
+        ),
+        (
+            "extends: slurm\npol_s: 2\n",
+            "mysite.yaml: pol_s: unknown key; did you mean poll_s? known keys are ",
+        ),
+    ],
+)
+def test_profile_numbers_are_finite_and_misspelt_keys_get_the_close_one(tmp_path, text, message):
+    from hpcpipe.validation import ConfigError
+
+    folder = tmp_path / "configs" / "cluster"
+    folder.mkdir(parents=True)
+    (folder / "mysite.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_profile("mysite", tmp_path)
+    assert message in str(err.value)

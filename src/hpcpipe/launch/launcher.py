@@ -94,12 +94,22 @@ def job_folder(root: Path, profile: Profile, stage: str) -> Path:
 
 
 def private_folder(folder: Path, root: Path) -> Path:
-    """Job folders hold pickles that run code when loaded: owner-only (0700), up to ``root``."""
+    """Job folders hold pickles that run code when loaded: owner-only (0700), up to ``root``.
+
+    Inside the project: ``folder`` and each folder between it and ``root``. Elsewhere (a
+    ``job_dir`` on scratch, or ``../jobs``): ``folder`` and the folders this call created,
+    never one that was there before (the project's parent, the user's scratch root).
+    """
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
     folder.mkdir(parents=True, exist_ok=True)
-    for part in [folder, *folder.relative_to(root).parents]:
-        path = root / part
-        if path != root:
-            path.chmod(0o700)
+    target, top = folder.resolve(), root.resolve()
+    if top in target.parents:
+        private = [target, *[p for p in target.parents if top in p.parents]]
+    else:
+        created = folder.relative_to(existing).parents if existing != folder else []
+        private = [target, *[(existing / p).resolve() for p in created if p != Path(".")]]
+    for path in private:
+        path.chmod(0o700)
     return folder
 
 
