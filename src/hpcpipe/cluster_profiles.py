@@ -28,6 +28,7 @@ takes its own ``name@key`` entry, else the ``name`` entry, else the defaults.
 from __future__ import annotations
 
 import dataclasses
+import re
 import unicodedata
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ COMMAND_SIGNALS = ("TERM", "INT", "HUP", "USR1", "USR2")
 # Stage entries that name no dvc.yaml stage: the `hpcpipe repro --detach` driver job
 # and one task of a sweep array.
 RESERVED_STAGES = ("repro", "sweep")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Filled in by the loader, never read from a file.
 _LOADER_FIELDS = ("sources", "stage_sources")
 
@@ -87,6 +89,11 @@ class Profile:
     # (capped a few seconds short of the warning's lead time).
     command_signal: str = one_of(*COMMAND_SIGNALS, default="TERM")
     command_grace_s: float = positive(default=30.0)
+    # Variables named like secrets (*_API_KEY, *_TOKEN, *PASSWORD*...) that jobs may still
+    # inherit from the login node; all others are withheld (see launch.job_environment).
+    export_secrets: tuple[str, ...] = rule(
+        lambda names: all(_ENV_NAME.fullmatch(n) for n in names), "a list of variable names", default=()
+    )
     defaults: Resources = field(default_factory=Resources)
     stages: dict[str, Resources] = field(default_factory=dict)
     # The files merged into this profile, base first (empty for one built in code), and

@@ -2,8 +2,13 @@
 
 No W&B server can run here, so the server side is stood in for at the process
 boundary: a tiny ``wandb`` script, first on PATH, records each ``wandb sync`` call's
-arguments and fails for paths named in $FAKE_WANDB_FAIL. The runs it is handed are
-real: written by the real wandb library in offline mode through ``hpcpipe.tracking``.
+arguments, fails for paths named in $FAKE_WANDB_FAIL and takes $FAKE_WANDB_SLEEP
+seconds (an upload that takes a while). The runs it is handed are real: written by
+the real wandb library in offline mode through ``hpcpipe.tracking``. Whether a job
+is still in Slurm is asked of the real test cluster (``slurm`` tests).
+
+The Slurm job ids the runs name are made up and far above any the test cluster hands
+out, so that Slurm has no such job, except where a test holds a real one.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from hpcpipe.cli import main
 from hpcpipe.config import WandbParams, load_params, load_profile
 from hpcpipe.tracking.context import RunContext
 from hpcpipe.tracking.records import read_run
-from hpcpipe.tracking.run import LIVE_MARKER, SYNCED_MARKER, runs_root, segments
+from hpcpipe.tracking.run import LIVE_MARKER, SYNCED_MARKER, mark_live, runs_root, segments
 from tests.conftest import update_params
 from tests.support.launch_project import add_command_stage, add_fake_stage
 
 FAKE_WANDB = """#!/usr/bin/env python3
-import os, sys
+import os, sys, time
+time.sleep(float(os.environ.get("FAKE_WANDB_SLEEP", "0")))
 with open(os.environ["FAKE_WANDB_LOG"], "a") as log:
     log.write(" ".join(sys.argv[1:]) + "\\n")
 if any(bad and bad in sys.argv[-1] for bad in os.environ.get("FAKE_WANDB_FAIL", "").split(",")):
@@ -53,6 +59,8 @@ def fake_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("SUBMITIT_LOCAL_JOB_ID", raising=False)
+    for key in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_USER"):
+        monkeypatch.delenv(key, raising=False)
     return log
 
 
@@ -62,6 +70,7 @@ def calls(log: Path) -> list[str]:
 
 def write_run(project: Path, stage: str, job: str, epochs: range, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A real offline run of ``stage`` in Slurm job ``job``; returns its run folder."""
+    job = slurm_id(job)
     monkeypatch.setenv("SLURM_JOB_ID", job)
     params = load_params(project / "params.yaml")
     params = dataclasses.replace(params, wandb=WandbParams(enabled=True, project="t"))
@@ -71,6 +80,11 @@ def write_run(project: Path, stage: str, job: str, epochs: range, monkeypatch: p
             tracking.log_epoch(epoch=epoch, loss=1.0 / epoch)
     (folder,) = [f for f in runs_root(project).iterdir() if f.name.startswith(stage) and job_of(f) == job]
     return folder
+
+
+def slurm_id(job: str) -> str:
+    """A made-up job id no Slurm here has (see the module docstring); a real one as it is."""
+    return job if len(job) > 2 else f"6{int(job):07d}"
 
 
 def job_of(folder: Path) -> str:
@@ -164,6 +178,7 @@ def test_the_launcher_hands_the_job_its_run_context(fake_stage_project, fake_wan
     assert run.config["fingerprint"] == fingerprint
     profile = load_profile("local", root)
     resources = json.loads(json.dumps(dataclasses.asdict(profile.resources("fake"))))  # tuples -> lists
+    del resources["setup"]  # shell lines, maybe with a site's secrets: never W&B config
     assert run.config["resources"] == resources
     train = load_params(root / "params.yaml").train
     assert run.config["params"] == {"train": dataclasses.asdict(train)}
@@ -233,3 +248,73 @@ def test_sync_also_finds_the_runs_of_sweep_points(project, fake_wandb, monkeypat
     code, out = sync(capsys=capsys)
     assert code == 0 and out[-1] == "synced 2, failed 0, skipped 0"
     assert sorted(calls(fake_wandb)) == sorted(f"sync {segments(f)[-1]}" for f in (in_point, in_project))
+
+
+def sbatch_held(*args: str) -> str:
+    """A real job that stays pending (held): Slurm has it, and it uses no CPU."""
+    done = subprocess.run(
+        ["sbatch", "--hold", "--parsable", "-o", "/dev/null", *args, "--wrap", "true"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip().split(";")[0]
+
+
+def in_queue(job: str) -> bool:
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, check=True)
+    return any(line == job or line.startswith(f"{job}_") for line in out.stdout.split())
+
+
+@pytest.mark.slurm
+def test_no_attempt_is_uploaded_while_slurm_still_has_its_job(
+    project, fake_wandb, slurm_cluster, monkeypatch, capsys
+):
+    """A plain job whose attempt finished well but that Slurm queued again (its marker is
+    gone: sync asks Slurm), and an array task killed on its node (its marker stays, and
+    names the task as ``ARRAY_TASK``). Both wait until Slurm no longer has the job."""
+    from tests.integration.test_launcher_local import wait_for
+
+    plain, array = sbatch_held(), sbatch_held("--array=0-1")
+    try:
+        requeued = write_run(project, "train", plain, range(1, 3), monkeypatch)
+        monkeypatch.setenv("SLURM_ARRAY_JOB_ID", array)
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+        killed = write_run(project, "evaluate", str(int(array) + 2), range(1, 2), monkeypatch)
+        mark_live(killed)  # what the killed attempt left: its marker, written on a compute node
+        marker = json.loads((killed / LIVE_MARKER).read_text())
+        (killed / LIVE_MARKER).write_text(json.dumps({**marker, "host": "nid001"}))
+        assert not (requeued / LIVE_MARKER).exists()
+
+        code, out = sync(capsys=capsys)
+        assert code == 0 and out[-1] == "synced 0, failed 0, skipped 2"
+        assert f"skipped {requeued.name}: Slurm still has job {plain}" in out
+        assert f"skipped {killed.name}: Slurm still has job {array}_1" in out
+        assert calls(fake_wandb) == []
+    finally:
+        subprocess.run(["scancel", plain, array], capture_output=True)
+    wait_for(lambda: not in_queue(plain) and not in_queue(array), timeout=60)
+    code, out = sync(capsys=capsys)
+    assert code == 0 and out[-1] == "synced 2, failed 0, skipped 0"
+    assert sorted(calls(fake_wandb)) == sorted(f"sync {segments(f)[-1]}" for f in (requeued, killed))
+
+
+def test_two_syncs_at_once_upload_each_run_once(project, fake_wandb, monkeypatch):
+    """Two `hpcpipe sync` started together (two terminals, two login nodes), while each
+    upload takes a while: every run is uploaded by one of them, once."""
+    folders = [write_run(project, stage, job, range(1, 2), monkeypatch) for stage, job in
+               (("train", "61"), ("evaluate", "62"))]  # fmt: skip
+    env = {**os.environ, "FAKE_WANDB_SLEEP": "2"}
+    env.pop("SLURM_JOB_ID")
+    both = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hpcpipe", "sync"], cwd=project, env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [process.communicate(timeout=120)[0].splitlines() for process in both]
+    assert [process.returncode for process in both] == [0, 0]
+    assert sorted(calls(fake_wandb)) == sorted(f"sync {segments(f)[-1]}" for f in folders)
+    synced = [int(out[-1].split()[1].rstrip(",")) for out in outs]
+    assert sum(synced) == 2, outs
+    assert all((f / SYNCED_MARKER).exists() and not (f / "sync.claim").exists() for f in folders)

@@ -7,6 +7,10 @@ tmp_path), and what wandb wrote is parsed with ``hpcpipe.tracking.records``.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,8 +20,8 @@ from hpcpipe import tracking
 from hpcpipe.config import WandbParams, load_params
 from hpcpipe.launch.job import run_stage
 from hpcpipe.tracking.context import RunContext, job_key, run_id
-from hpcpipe.tracking.records import read_run
-from hpcpipe.tracking.run import LIVE_MARKER, runs_root, segments
+from hpcpipe.tracking.records import has_exit_record, read_run
+from hpcpipe.tracking.run import JOB_RECORD, LIVE_MARKER, runs_root, segments
 from tests.conftest import update_params
 from tests.support.launch_project import example_stage_work
 
@@ -119,6 +123,77 @@ def test_a_requeued_job_continues_the_same_run_without_gaps_or_repeats(offline, 
     assert [row["loss"] for row in history] == [2.0, 1.5, 1.2, 1.0]
 
 
+def test_a_requeue_keeps_the_live_marker(offline, make_params, tmp_path):
+    """submitit's handler requeues the job and exits it (``sys.exit(-1)``) from inside the
+    stage: the run is closed, but the job is queued again, so its marker stays."""
+    with pytest.raises(SystemExit), tracking.start_run(enabled(make_params()), CONTEXT, ("train",), tmp_path):
+        tracking.log_epoch(epoch=1, loss=1.0)
+        sys.exit(-1)
+    folder = only_run(tmp_path)
+    assert json.loads((folder / LIVE_MARKER).read_text())["slurm_job"] == "4242"
+    with tracking.start_run(enabled(make_params()), CONTEXT, ("train",), tmp_path):
+        tracking.log_epoch(epoch=2, loss=0.5)
+    assert not (folder / LIVE_MARKER).exists()  # finished well: gone
+    assert json.loads((folder / JOB_RECORD).read_text())["slurm_job"] == "4242"  # sync still asks Slurm
+
+
+ATTEMPT = """
+import dataclasses, os, signal, sys
+from pathlib import Path
+from hpcpipe import tracking
+from hpcpipe.config import WandbParams, load_params
+from hpcpipe.tracking.context import RunContext
+
+params = load_params(Path(sys.argv[1]))
+params = dataclasses.replace(params, wandb=WandbParams(enabled=True, project="test"))
+context = RunContext(stage="train", fingerprint="0123456789abcdef", profile="testsite")
+with tracking.start_run(params, context, ("train",), sys.argv[2]):
+    for epoch in range(1, int(sys.argv[3]) + 1):
+        tracking.log_epoch(epoch=epoch, loss=1.0 / epoch)
+    os.kill(os.getpid(), signal.SIGKILL)  # Slurm's KillWait after scontrol requeue, a node failure
+"""
+
+
+def test_a_run_resumed_after_a_hard_kill_logs_epoch_k_plus_1_at_step_k(offline, make_params, tmp_path):
+    """The first attempt is killed outright after logging 3 epochs: wandb never wrote its
+    rows out (its file holds the header alone). The resumed attempt starts at epoch 4."""
+    script = tmp_path / "attempt.py"
+    script.write_text(ATTEMPT)
+    # a fresh wandb service, as on a compute node: not the one this process may have started
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    killed = subprocess.run(
+        [sys.executable, str(script), str(REPO / "params.yaml"), str(tmp_path), "3"], env=env
+    )
+    assert killed.returncode == -signal.SIGKILL
+    with tracking.start_run(enabled(make_params()), CONTEXT, ("train",), tmp_path):
+        tracking.log_epoch(epoch=4, loss=0.25)
+        tracking.log_epoch(epoch=5, loss=0.2)
+
+    history = read_run(segments(only_run(tmp_path))[-1]).history
+    assert [(row["_step"], row["epoch"]) for row in history] == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    assert [row["loss"] for row in history] == [1.0, 0.5, 1.0 / 3, 0.25, 0.2]
+
+
+def test_a_checkpoint_behind_the_history_repeats_no_step(offline, make_params, tmp_path):
+    """Epoch 3 was logged but its checkpoint never written: the next attempt trains epoch 3
+    again, and the history holds its new row once, at step 2."""
+    params = enabled(make_params())
+    with pytest.raises(RuntimeError), tracking.start_run(params, CONTEXT, ("train",), tmp_path):
+        for epoch in (1, 2, 3):
+            tracking.log_epoch(epoch=epoch, loss=float(epoch))
+        raise RuntimeError("killed while saving epoch 3")
+    with tracking.start_run(params, CONTEXT, ("train",), tmp_path):
+        tracking.log_epoch(epoch=3, loss=30.0)
+        tracking.log_epoch(epoch=4, loss=40.0)
+    history = read_run(segments(only_run(tmp_path))[-1]).history
+    assert [(row["_step"], row["epoch"], row["loss"]) for row in history] == [
+        (0, 1, 1.0),
+        (1, 2, 2.0),
+        (2, 3, 30.0),
+        (3, 4, 40.0),
+    ]
+
+
 def test_disabled_tracking_writes_nothing(offline, make_params, tmp_path):
     with tracking.start_run(make_params(), CONTEXT, ("train",), tmp_path):
         tracking.log_epoch(epoch=1, loss=1.0)
@@ -151,7 +226,11 @@ def test_failing_writes_stop_tracking_with_one_warning(offline, make_params, tmp
         tracking.log_summary({"x": 1})
     warnings = [line for line in capsys.readouterr().err.splitlines() if "W&B off" in line]
     assert len(warnings) == 1 and "disk full" in warnings[0]
-    assert not (only_run(tmp_path) / LIVE_MARKER).exists()
+    # the run is closed, as failed; its marker stays, as after any failure: the job may
+    # be requeued, and `hpcpipe sync` asks Slurm before it uploads (see sync.liveness)
+    (segment,) = segments(only_run(tmp_path))
+    assert has_exit_record(next(segment.glob("*.wandb")))
+    assert (only_run(tmp_path) / LIVE_MARKER).exists()
 
 
 def test_a_failing_wandb_init_leaves_the_train_stage_complete(
@@ -254,8 +333,6 @@ def test_prepare_opens_no_run_even_with_wandb_on(offline, make_params, tmp_path,
 def test_the_live_marker_goes_only_once_the_run_file_is_complete(offline, make_params, tmp_path):
     """wandb's finish() can return before its service wrote the file out (seen under load);
     the stage waits for the exit record, so `hpcpipe sync` never uploads half a run."""
-    from hpcpipe.tracking.records import has_exit_record
-
     with tracking.start_run(enabled(make_params()), CONTEXT, ("train",), tmp_path):
         tracking.log_epoch(epoch=1, loss=1.0)
     folder = only_run(tmp_path)

@@ -34,6 +34,7 @@ from hpcpipe.launch.claim import claimed
 from hpcpipe.launch.command_job import EXIT_MARK, exit_status_from
 from hpcpipe.launch.executors import Backend, backend
 from hpcpipe.launch.interrupts import Interrupted, SignalsAsExceptions, signals_noted
+from hpcpipe.launch.job_environment import withhold_secrets
 from hpcpipe.launch.ledger import Entry, Ledger, file_safe
 from hpcpipe.launch.watch import Outcome
 from hpcpipe.tracking.context import RunContext
@@ -341,6 +342,7 @@ def prepared_executor(profile: Profile, name: str, folder: Path) -> Any:
     kind = backend(profile.executor)
     if kind.strips_slurm_env:
         strip_inherited_slurm_env()
+    withhold_secrets(profile.export_secrets)  # no API key or password leaves the login node
     return kind.executor(profile, name, folder)
 
 

@@ -5,8 +5,8 @@ An arbitrary script cannot replay its history into a requeued attempt the way th
 function stages do (see ``run``), and wandb cannot resume an offline run. So each
 attempt of a requeued job is its own run, ``<run id>-a<N>`` for attempt N > 0, in one
 group (the params file's ``wandb.group``, else ``<stage>-<fingerprint>``), and
-``hpcpipe sync`` uploads each attempt's run once. The live marker keeps ``sync`` off a
-run while its job still writes it.
+``hpcpipe sync`` uploads each attempt's run once, after Slurm no longer has the job
+(the live marker, kept through a requeue, and the job record: see ``sync.liveness``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcpipe.tracking.context import RunContext, job_key, run_id
-from hpcpipe.tracking.run import mark_live, runs_root
+from hpcpipe.tracking.run import JOB_RECORD, LIVE_MARKER, mark_live, runs_root
 
 
 def attempt_number(environ: Mapping[str, str]) -> int:
@@ -60,15 +60,25 @@ def command_run(settings: Any, context: RunContext, workdir: str | Path) -> Iter
     marker = mark_live(folder)
     try:
         yield wandb_env(settings, context, segment, rid, os.environ)
-    finally:
-        marker.unlink(missing_ok=True)
+    except BaseException:
+        # submitit's requeue exits the job from inside this block: the marker stays, and
+        # `hpcpipe sync` asks Slurm (see sync.liveness) until the job is over
         _remove_if_unused(folder)
+        raise
+    marker.unlink(missing_ok=True)
+    _remove_if_unused(folder)
 
 
 def _remove_if_unused(folder: Path) -> None:
-    """A command that never called wandb.init() leaves no empty run folders behind."""
-    for path in (folder / "segment-000", folder, folder.parent):
+    """A command that never called wandb.init() leaves no run folder behind."""
+    try:
+        folder.joinpath("segment-000").rmdir()  # only when empty
+    except OSError:
+        return
+    for name in (LIVE_MARKER, JOB_RECORD):
+        folder.joinpath(name).unlink(missing_ok=True)
+    for path in (folder, folder.parent):
         try:
-            path.rmdir()  # only when empty
+            path.rmdir()
         except OSError:
             return

@@ -7,8 +7,10 @@ stage: any failure prints ONE warning line on stderr and tracking stops for that
 
 Layout, one folder per run id under the project's ``wandb/``::
 
-    wandb/<run_id>/live.json                    written at start, removed at finish
-    wandb/<run_id>/synced.json                  written by ``hpcpipe sync`` after success
+    wandb/<run_id>/live.json        written when an attempt starts; removed when it finished well
+    wandb/<run_id>/job.json         the same, kept: which Slurm job writes the run
+    wandb/<run_id>/history.jsonl    every scalar row logged, with its step, written at once
+    wandb/<run_id>/synced.json      written by ``hpcpipe sync`` after success
     wandb/<run_id>/segment-000/wandb/offline-run-*-<run_id>/   first job attempt
     wandb/<run_id>/segment-001/wandb/offline-run-*-<run_id>/   the same job, requeued
 
@@ -16,9 +18,20 @@ Why segments that each hold the WHOLE history: wandb cannot resume an offline ru
 (wandb/wandb#2423, #4624); each attempt writes a new offline folder with the same id,
 and syncing several folders of one id keeps only one of them: users lose segments
 (#3841, #5865) or get duplicates when they sync the same folder twice (#2858). So a
-requeued attempt first replays the previous segment's history (read back from its
-``.wandb`` file) at the same steps, then logs on from the next step. The newest segment
-is then a complete, gap-free history, and ``hpcpipe sync`` uploads only it, once.
+requeued attempt first replays the earlier rows, then logs on. ``hpcpipe sync`` uploads
+one segment, once, after Slurm no longer has the job (see ``sync``).
+
+Why a history file of our own: the ``.wandb`` file of a killed attempt cannot be read
+back. wandb's service buffers it, and a job killed by Slurm (``scontrol requeue``, a
+preemption's KillWait, a node failure) leaves a file that holds the header only. The
+rows are appended to ``history.jsonl`` as they are logged, so a requeued attempt
+replays all of them, whatever wandb managed to write.
+
+Steps: an epoch's row goes at step ``epoch - 1`` (epochs count from 1), so a stage that
+resumes after epoch k logs epoch k+1 at step k. The earlier rows are replayed lazily, at
+the first row this attempt logs, and only those at a lower step: a checkpoint older than
+the history (the history runs ahead of it by at most one epoch) or a stage that starts
+over never leaves a repeated or out-of-order step.
 
 The run id is deterministic (see ``context.run_id``): stage + fingerprint + Slurm job
 id, so a requeue (same Slurm job id) finds its run and a new submission starts a new one.
@@ -40,10 +53,14 @@ from pathlib import Path
 from typing import Any
 
 from hpcpipe.tracking.context import RunContext, job_id, job_key, node_name, run_id
+from hpcpipe.tracking.slurm_queue import job_name
 
 RUNS_DIR = "wandb"
 LIVE_MARKER = "live.json"
+JOB_RECORD = "job.json"
 SYNCED_MARKER = "synced.json"
+HISTORY_JOURNAL = "history.jsonl"
+UNTRACKED_RESOURCES = ("setup",)  # never W&B config: see run_config
 INIT_TIMEOUT_S = 60.0
 FLUSH_TIMEOUT_S = 60.0
 SAMPLE_COUNT = 32
@@ -57,6 +74,7 @@ class ActiveRun:
     folder: Path
     next_step: int
     segment: Path | None = None  # this attempt's offline folder; None when online
+    replay: list[tuple[int, dict[str, Any]]] = dataclasses.field(default_factory=list)  # not yet logged
 
 
 # The one piece of module state: the run open in this process, if any (no config here).
@@ -77,11 +95,47 @@ def segments(run_folder: Path) -> list[Path]:
 
 
 def mark_live(folder: Path) -> Path:
-    """Write the run folder's live marker: who writes the run (see ``sync.is_live``)."""
-    live = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
-    marker = folder / LIVE_MARKER
-    marker.write_text(json.dumps(live))
-    return marker
+    """Write the run folder's live marker and job record: who writes the run (see
+    ``sync.liveness``). The job record stays when the marker goes, so ``hpcpipe sync``
+    can still ask Slurm whether the job may run again."""
+    live = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "user": os.environ.get("SLURM_JOB_USER") or os.environ.get("USER"),
+        "slurm_job": job_name(os.environ),
+        "started": time.time(),
+    }
+    text = json.dumps(live)
+    for name in (JOB_RECORD, LIVE_MARKER):
+        tmp = folder / f".{name}.{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, folder / name)
+    return folder / LIVE_MARKER
+
+
+def read_journal(folder: Path) -> dict[int, dict[str, Any]]:
+    """The rows logged so far, by step; a later row of one step wins (an attempt that
+    started over). A torn last line (a killed job) is skipped."""
+    rows: dict[int, dict[str, Any]] = {}
+    try:
+        lines = (folder / HISTORY_JOURNAL).read_text().splitlines()
+    except FileNotFoundError:
+        return rows
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            rows[int(entry["step"])] = dict(entry["row"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return rows
+
+
+def _journal(folder: Path, step: int, row: Mapping[str, Any]) -> None:
+    """Append one row, synced to disk: it must outlive a node that dies the next second."""
+    with (folder / HISTORY_JOURNAL).open("a") as handle:
+        handle.write(json.dumps({"step": step, "row": row}) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def warn(message: str) -> None:
@@ -101,11 +155,16 @@ def git_commit(workdir: Path) -> str | None:
 
 
 def run_config(params: Any, context: RunContext, sections: Sequence[str], workdir: Path) -> dict:
-    """What the W&B run shows as config: the stage's params slice and where/how it ran."""
+    """What the W&B run shows as config: the stage's params slice and where/how it ran.
+
+    The profile's ``setup:`` lines are left out of the resources: they are shell lines
+    (``module load``, ``export``...) that may carry a site's secrets, and the config is
+    uploaded to the W&B server.
+    """
     return {
         "stage": context.stage,
         "params": {s: _plain(getattr(params, s)) for s in sections},
-        "resources": dict(context.resources),
+        "resources": {k: v for k, v in context.resources.items() if k not in UNTRACKED_RESOURCES},
         "profile": context.profile,
         "fingerprint": context.fingerprint,
         "git_commit": git_commit(workdir),
@@ -120,8 +179,8 @@ def _plain(value: Any) -> Any:
 
 
 def _replayable(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A history row's own scalars. Media (nested keys: ``table/path``...) point into the
-    old segment's files and are left out; the requeued job logs its media again."""
+    """A history row's own scalars, as the journal keeps them. Media (tables, images) point
+    into one segment's files and are left out; a requeued job logs its media again."""
     return {
         k: v
         for k, v in row.items()
@@ -132,19 +191,16 @@ def _replayable(row: Mapping[str, Any]) -> dict[str, Any]:
 def _open(params: Any, context: RunContext, sections: Sequence[str], workdir: Path) -> ActiveRun:
     import wandb  # here, in the job: the launcher never imports it
 
-    from hpcpipe.tracking.records import read_run
-
     key = job_key()
     rid = run_id(context, key)
     folder = runs_root(workdir) / rid
     folder.mkdir(parents=True, exist_ok=True)
     mark_live(folder)  # before anything else, so `hpcpipe sync` leaves this run alone from now on
-    earlier = segments(folder)
     segment = folder / f"segment-{len(list(folder.glob('segment-*'))):03d}"
     segment.mkdir()
     offline = not context.wandb_online
     try:
-        replay = read_run(earlier[-1]).history if earlier and offline else []
+        replay = sorted(read_journal(folder).items()) if offline else []
         cfg = params.wandb
         handle = wandb.init(
             mode="offline" if offline else "online",
@@ -160,10 +216,6 @@ def _open(params: Any, context: RunContext, sections: Sequence[str], workdir: Pa
             config=run_config(params, context, sections, workdir),
             settings=wandb.Settings(silent=True, console="off", save_code=False, init_timeout=INIT_TIMEOUT_S),
         )
-        next_step = 0
-        for row in replay:
-            handle.log(_replayable(row), step=row["_step"])
-            next_step = row["_step"] + 1
     except BaseException:
         with contextlib.suppress(Exception):
             wandb.finish(exit_code=1)
@@ -171,16 +223,34 @@ def _open(params: Any, context: RunContext, sections: Sequence[str], workdir: Pa
         raise
     where = f"offline in {segment.relative_to(workdir)}; upload with: hpcpipe sync" if offline else "online"
     print(f"hpcpipe: W&B run {rid} ({where})", file=sys.stderr, flush=True)
-    return ActiveRun(handle=handle, folder=folder, next_step=next_step, segment=segment if offline else None)
+    return ActiveRun(
+        handle=handle, folder=folder, next_step=0, segment=segment if offline else None, replay=replay
+    )
+
+
+def _replay(run: ActiveRun, below: int | None = None) -> None:
+    """Log the earlier attempts' rows at their steps, those below ``below`` (all: None);
+    the others are superseded by what this attempt logs."""
+    rows, run.replay = run.replay, []
+    for step, row in rows:
+        if below is not None and step >= below:
+            break
+        run.handle.log(row, step=step)
+        run.next_step = step + 1
 
 
 def _close(run: ActiveRun, exit_code: int) -> None:
+    """Finish the run. The live marker goes only when the stage finished well: after a
+    failure or a requeue (submitit's handler exits the job) the job may run again, and
+    ``hpcpipe sync`` must leave the run alone until Slurm no longer has it."""
     try:
+        _replay(run)
         run.handle.finish(exit_code=exit_code)
         if run.segment is not None:
             _await_flush(run.segment)
     finally:
-        (run.folder / LIVE_MARKER).unlink(missing_ok=True)
+        if exit_code == 0:
+            (run.folder / LIVE_MARKER).unlink(missing_ok=True)
 
 
 def _await_flush(segment: Path, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
@@ -246,19 +316,35 @@ def _guarded(what: str, action: Any) -> None:
             _close(run, 1)
 
 
-def _log(run: ActiveRun, values: Mapping[str, Any]) -> None:
-    run.handle.log(dict(values), step=run.next_step)
-    run.next_step += 1
+def _log(run: ActiveRun, values: Mapping[str, Any], step: int | None = None) -> None:
+    """Log ``values`` at ``step`` (None: the next one); the earlier attempts' rows first."""
+    if run.replay:
+        _replay(run, below=step)  # a row without a step of its own comes after all of them
+    step = run.next_step if step is None else step
+    row = dict(values)
+    scalars = _replayable(row)
+    if scalars:
+        _journal(run.folder, step, scalars)
+    run.handle.log(row, step=step)
+    run.next_step = max(run.next_step, step + 1)
 
 
 def log_epoch(**values: float) -> None:
-    """One history row (epoch, loss, accuracy, lr, images/s...) at the next step."""
-    _guarded("logging history", lambda run: _log(run, values))
+    """One history row (epoch, loss, accuracy, lr, images/s...): at step ``epoch - 1``
+    when ``epoch`` is given (counted from 1), else at the next step."""
+    epoch = values.get("epoch")
+    step = int(epoch) - 1 if isinstance(epoch, int) and epoch >= 1 else None
+    _guarded("logging history", lambda run: _log(run, values, step))
 
 
 def log_summary(metrics: Mapping[str, Any]) -> None:
     """Final metrics, shown in the runs table."""
-    _guarded("writing the summary", lambda run: run.handle.summary.update(dict(metrics)))
+
+    def action(run: ActiveRun) -> None:
+        _replay(run)  # the history first: wandb's summary follows the last history row
+        run.handle.summary.update(dict(metrics))
+
+    _guarded("writing the summary", action)
 
 
 def log_confusion(actual: Sequence[int], predicted: Sequence[int], classes: Sequence[str]) -> None:

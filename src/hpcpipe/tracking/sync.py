@@ -3,12 +3,17 @@
 Run on a machine that reaches the W&B server (a login node), after jobs finished or
 with ``--watch`` beside them. For each run folder under ``wandb/`` (see ``run``):
 
-- live (its ``live.json`` names a process or Slurm job still running): skipped, so
-  a run is never uploaded while a job still writes it; the next pass takes it;
-- already synced (``synced.json`` names its newest segment): nothing to do;
-- otherwise its newest segment (which holds the whole history, replayed across
-  requeues) goes through ``wandb sync DIR``; ``synced.json`` is written only after
-  that exits 0, so a failed upload is retried next time and a good one never repeats.
+- live (see ``liveness``): skipped, so a run is never uploaded while its job may
+  still write it, now or after a requeue; the next pass takes it;
+- already synced (``synced.json`` counts its segments): nothing to do;
+- otherwise one segment, the one with the longest history (the newest of equals:
+  each holds the whole history, replayed across requeues; a job killed hard may
+  leave a newest one wandb never wrote out), goes through ``wandb sync DIR``;
+  ``synced.json`` is written only after that exits 0, so a failed upload is retried
+  next time and a good one never repeats.
+
+Two syncs at once (two terminals, two login nodes): each run is claimed first with
+an ``O_EXCL`` file (see ``claim``), and the one that does not get it skips the run.
 
 Uploads run N at a time; one failing does not stop the others. The key comes from
 the environment or ~/.netrc, as for any wandb command; nothing here reads or writes it.
@@ -23,13 +28,17 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from hpcpipe.tracking.run import LIVE_MARKER, SYNCED_MARKER, segments
+from hpcpipe.tracking import claim
+from hpcpipe.tracking.run import JOB_RECORD, LIVE_MARKER, SYNCED_MARKER, segments
+from hpcpipe.tracking.slurm_queue import queued_jobs
 
 SYNC_COMMAND = ("wandb", "sync")
 SYNC_TIMEOUT_S = 1800
+CLAIM_STALE_S = SYNC_TIMEOUT_S + 300  # an upload is killed before: its claim is abandoned
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,8 @@ class RunFolder:
     newest: Path  # the offline run folder to upload
     live: bool
     synced: bool
+    why_live: str = ""
+    count: int = 0  # how many segments the run has
 
     @property
     def name(self) -> str:
@@ -54,6 +65,18 @@ class Tally:
         return f"synced {self.synced}, failed {self.failed}, skipped {self.skipped}"
 
 
+@dataclass
+class SlurmQueue:
+    """squeue asked once per pass (per user whose jobs wrote runs), not once per run."""
+
+    asked: dict[str | None, frozenset[str] | None] = field(default_factory=dict)
+
+    def jobs(self, user: str | None) -> frozenset[str] | None:
+        if user not in self.asked:
+            self.asked[user] = queued_jobs(user)
+        return self.asked[user]
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -65,51 +88,93 @@ def _pid_alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split()[2] == "Z")
 
 
-def is_live(marker: Path) -> bool:
-    """Whether the job that wrote ``marker`` may still be writing the run.
-
-    Same host: its pid. Another host: its Slurm job's state. When neither can tell,
-    assume live: a late upload is harmless, an upload of a half-written run is not.
-    """
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The file's mapping; None when it does not exist; {} when it cannot be read."""
     try:
-        info = json.loads(marker.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
-        return False
-    except (OSError, ValueError):
-        return True
-    if info.get("host") == socket.gethostname() and info.get("pid"):
-        return _pid_alive(int(info["pid"]))
-    if info.get("slurm_job_id"):
-        from hpcpipe.launch import slurm_state
-
-        state = slurm_state.query(str(info["slurm_job_id"]))
-        return not state.final
-    return True
-
-
-def _synced_segment(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / SYNCED_MARKER).read_text()).get("segment")
-    except (OSError, ValueError):
         return None
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
-def find_runs(roots: Sequence[Path]) -> list[RunFolder]:
+def liveness(folder: Path, queue: SlurmQueue | None = None) -> str | None:
+    """Why the run in ``folder`` may still be written (None: it is finished).
+
+    A run of a Slurm job (its live marker, or the job record kept when the marker goes,
+    names one) is live exactly while Slurm still has the job, queued again after a
+    requeue included; an array task is looked up by its ``ARRAY_TASK`` name. Slurm is
+    asked rather than the pid: the job's process is gone between two attempts, and its
+    pid may since belong to another. When Slurm does not answer, a run whose marker is
+    still there counts as live (a late upload is harmless, one of a run that grows again
+    is not); one whose job removed its marker after finishing well does not. Outside
+    Slurm: live while the marker's process runs, on this host; another host's, always.
+    """
+    queue = queue or SlurmQueue()
+    live = _read_json(folder / LIVE_MARKER)
+    job = live if live else _read_json(folder / JOB_RECORD) or {}
+    slurm_job = job.get("slurm_job") or job.get("slurm_job_id")  # the latter: older markers
+    if slurm_job:
+        queued = queue.jobs(job.get("user") or None)
+        if queued is None:
+            return "Slurm did not answer" if live is not None else None
+        return f"Slurm still has job {slurm_job}" if str(slurm_job) in queued else None
+    if live is None:
+        return None
+    if live.get("host") == socket.gethostname():
+        pid = live.get("pid")
+        return "its job is still running" if isinstance(pid, int) and _pid_alive(pid) else None
+    return f"its job may still be running on {live.get('host') or 'another host'}"
+
+
+def _synced(folder: Path, offline: Sequence[Path]) -> bool:
+    """Whether ``synced.json`` records an upload made when the run had these segments
+    (a record without a count, from an older hpcpipe, names the newest segment)."""
+    record = _read_json(folder / SYNCED_MARKER) or {}
+    if "segments" in record:
+        return record["segments"] == len(offline)
+    return bool(offline) and record.get("segment") == str(offline[-1].relative_to(folder))
+
+
+def _to_upload(offline: list[Path]) -> Path:
+    """The segment with the longest history, the newest of equals (see the module docstring)."""
+    from hpcpipe.tracking.records import read_run
+
+    def rows(segment: Path) -> int:
+        try:
+            return len(read_run(segment).history)
+        except (OSError, ValueError, StopIteration):
+            return -1
+
+    lengths = [rows(segment) for segment in offline]
+    best = max(lengths)
+    return offline[max(i for i, n in enumerate(lengths) if n == best)]
+
+
+def find_runs(roots: Sequence[Path], queue: SlurmQueue | None = None) -> list[RunFolder]:
     """Every run folder under ``roots`` (the project's ``wandb/``, and each sweep point's)
     with an offline segment."""
+    queue = queue or SlurmQueue()
     found = []
     for folder in sorted(p for root in roots for p in root.glob("*") if p.is_dir()):
         offline = segments(folder)
         if not offline:
             continue
-        newest = offline[-1]
-        synced = _synced_segment(folder) == str(newest.relative_to(folder))
-        found.append(RunFolder(folder, newest, live=is_live(folder / LIVE_MARKER), synced=synced))
+        count = len(offline)
+        if _synced(folder, offline):
+            found.append(RunFolder(folder, offline[-1], live=False, synced=True, count=count))
+            continue
+        why = liveness(folder, queue)
+        newest = offline[-1] if why else _to_upload(offline)
+        found.append(
+            RunFolder(folder, newest, live=why is not None, synced=False, why_live=why or "", count=count)
+        )
     return found
 
 
 def upload(run: RunFolder, command: Sequence[str] = SYNC_COMMAND) -> str | None:
-    """``wandb sync`` the run's newest segment; None on success, else why it failed."""
+    """``wandb sync`` the run's chosen segment; None on success, else why it failed."""
     try:
         done = subprocess.run(
             [*command, str(run.newest)], capture_output=True, text=True, timeout=SYNC_TIMEOUT_S
@@ -119,11 +184,29 @@ def upload(run: RunFolder, command: Sequence[str] = SYNC_COMMAND) -> str | None:
     if done.returncode != 0:
         lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
         return f"exit {done.returncode}: {lines[-1].strip() if lines else 'no output'}"
-    marker = {"segment": str(run.newest.relative_to(run.folder)), "synced_at": time.time()}
+    marker = {
+        "segment": str(run.newest.relative_to(run.folder)),
+        "segments": run.count or len(segments(run.folder)),
+        "synced_at": time.time(),
+    }
     tmp = run.folder / f".{SYNCED_MARKER}.{os.getpid()}"
     tmp.write_text(json.dumps(marker))
     os.replace(tmp, run.folder / SYNCED_MARKER)
     return None
+
+
+def claimed_upload(run: RunFolder) -> tuple[str, str]:
+    """Upload ``run`` under its claim: ("synced" | "failed" | "busy" | "done", detail)."""
+    held = claim.take(run.folder, CLAIM_STALE_S)
+    if held is None:
+        return "busy", "another hpcpipe sync is uploading it"
+    try:
+        if _synced(run.folder, segments(run.folder)):
+            return "done", "another hpcpipe sync uploaded it"
+        problem = upload(run)
+        return ("failed", problem) if problem else ("synced", "")
+    finally:
+        claim.release(held)
 
 
 def sync_once(
@@ -136,7 +219,7 @@ def sync_once(
         if run.synced:
             continue
         if run.live:
-            say(f"skipped {run.name}: its job is still running")
+            say(f"skipped {run.name}: {run.why_live}")
             tally.skipped += 1
         else:
             todo.append(run)
@@ -145,13 +228,16 @@ def sync_once(
             say(f"would sync {run.name}: {run.newest}")
         return tally
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for run, problem in zip(todo, pool.map(upload, todo), strict=True):
-            if problem is None:
+        for run, (outcome, detail) in zip(todo, pool.map(claimed_upload, todo), strict=True):
+            if outcome == "synced":
                 say(f"synced {run.name}")
                 tally.synced += 1
-            else:
-                say(f"failed {run.name}: {problem}")
+            elif outcome == "failed":
+                say(f"failed {run.name}: {detail}")
                 tally.failed += 1
+            else:
+                say(f"skipped {run.name}: {detail}")
+                tally.skipped += 1
     return tally
 
 
