@@ -61,7 +61,7 @@ class Ledger:
     def _read(file: Path) -> Entry | None:
         try:
             return Entry(**json.loads(file.read_text()))
-        except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        except (OSError, ValueError, TypeError):  # missing, unreadable or torn: no entry
             return None
 
     def claim_path(self, stage: str) -> Path:
