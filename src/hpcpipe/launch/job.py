@@ -139,7 +139,7 @@ def _run_and_publish(
     context: RunContext | None,
     termination: TerminationWatch,
 ) -> dict[str, Any]:
-    publisher = Publisher(Path(workdir), spec.name)
+    publisher = Publisher(Path.cwd(), spec.name)  # run_stage chdir-ed into the workdir
     publisher.recover()  # before anything else: a publication a kill cut short is rolled back
     tune_host_allocator()  # before the stage imports torch: see host_memory
     func = import_target(spec.target, workdir)
