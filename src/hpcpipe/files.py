@@ -1,4 +1,9 @@
-"""Files as the toolkit keeps them: JSON written whole or not at all, and the state of a tree.
+"""Files as the toolkit keeps them: written whole or not at all, and the state of a tree.
+
+``write_atomically`` is the one atomic write: a temporary sibling, fsynced, renamed over
+the target, the folder fsynced. A kill or a crash of the node leaves the old file or
+the new one, never a torn one, on local disks, Lustre and NFS alike (a rename within
+a folder is atomic there; fsync is what makes the bytes outlive the node's page cache).
 
 ``signature`` is how hpcpipe remembers an answer DVC gave about some files (a sweep's
 "upstream is up to date", a folder dep's hash): DVC itself trusts a file's cached
@@ -12,22 +17,54 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+TEMP_MARK = ".tmp-"
 
 
-def write_json_atomically(target: Path, obj: Any) -> None:
-    """``obj`` as JSON at ``target``, whole or not at all (temp file + rename); on a failure
-    (a full disk) the previous content stays and no temp file is left behind."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+def temp_sibling(target: Path, token: str | int) -> Path:
+    """``.NAME.tmp-TOKEN`` beside ``target``: hidden, and in its folder so the rename is atomic."""
+    return target.with_name(f".{target.name}{TEMP_MARK}{token}")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or removal in ``folder`` durable. Filesystems that cannot fsync a
+    folder (some network ones say EINVAL) keep their own promise instead."""
     try:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomically(target: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``target`` as ``write(file)`` leaves it, whole or not at all, and on disk before it
+    is visible (see the module docstring). A temp file of a writer that was killed stays
+    behind as ``temp_sibling(target, PID)``; its owner clears those it knows are dead."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(target, os.getpid())
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(target.parent)
+
+
+def write_json_atomically(target: Path, obj: Any) -> None:
+    """``obj`` as JSON at ``target``, whole or not at all (``write_atomically``)."""
+    write_atomically(target, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
 
 
 def _add_tree(digest: hashlib._Hash, root: str, rel: str) -> None:

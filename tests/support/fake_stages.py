@@ -76,6 +76,26 @@ def sleep_briefly(params, *, source: Path, result: Path, report: Path) -> dict:
 
 
 @stage_function(schema=SCHEMA)
+def told_to_stop(params, *, source: Path, result: Path, report: Path) -> dict:
+    """Gets SIGTERM (what scancel sends) while it works, and finishes its outputs anyway,
+    as a stage under submitit does (submitit only logs SIGTERM)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    return write_outputs(params, source=source, result=result, report=report)
+
+
+@stage_function(schema=SCHEMA)
+def write_then_wait_for_go(params, *, source: Path, result: Path, report: Path) -> dict:
+    """Writes both outputs, then waits (at most 60 s) for the file ``go`` in the project
+    before returning: the window in which a test cancels the job."""
+    write_outputs(params, source=source, result=result, report=report)
+    Path("waiting").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while not Path("go").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"waited": True}
+
+
+@stage_function(schema=SCHEMA)
 def count_to_three(params, *, source: Path, result: Path, report: Path, checkpoint: Path) -> dict:
     """A resumable stage: counts to 3, saving its count in ``checkpoint`` after each step.
 

@@ -76,6 +76,22 @@ def test_a_missing_output_fails_and_publishes_nothing(workdir, params, monkeypat
     with pytest.raises(FileNotFoundError, match="did not write its output out/report"):
         run_stage(spec("forget_output"), params, PATHS, str(workdir))
     assert not (workdir / "out" / "report").exists()
+    assert not (workdir / "out" / "result.txt").exists()  # the output it did write: not published
+
+
+def test_a_missing_output_leaves_the_previous_set_whole(workdir, params, monkeypatch):
+    """The stage wrote one of its two outputs: neither replaces the previous one (each was
+    renamed on its own before, so the written one overwrote an earlier good output)."""
+    monkeypatch.chdir(REPO)
+    out = workdir / "out"
+    (out / "report").mkdir(parents=True)
+    (out / "result.txt").write_text("previous result")
+    (out / "report" / "summary.json").write_text("previous report")
+    with pytest.raises(FileNotFoundError, match="did not write its output out/report"):
+        run_stage(spec("forget_output"), params, PATHS, str(workdir))
+    assert (out / "result.txt").read_text() == "previous result"
+    assert (out / "report" / "summary.json").read_text() == "previous report"
+    assert sorted(p.name for p in out.iterdir()) == ["report", "result.txt"]
 
 
 def test_leftovers_of_a_killed_run_are_removed(workdir, params, monkeypatch):

@@ -7,6 +7,7 @@ run with the same seed (acceptance 3 of issue 6); the Slurm tests
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from hpcpipe.ml.data import load_split, read_manifest
 from hpcpipe.ml.fast import whiten_init
 from hpcpipe.ml.loader import BatchLoader, normalize
 from hpcpipe.ml.models import build_model
-from hpcpipe.ml.training import SCHEDULES, Lookahead, Plan, fit, make_optimizer
+from hpcpipe.ml.training import SCHEDULES, Lookahead, Plan, fit, make_optimizer, resume, save_checkpoint
 from tests.support.launch_project import FAKE_PATHS as PATHS
 from tests.support.launch_project import example_stage_work, fake_params
 
@@ -82,12 +83,97 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(prepared_sampl
     assert whole[-1].loss < whole[0].loss  # it did train
 
 
-def test_a_checkpoint_of_another_run_shape_is_refused(prepared_sample: Path, tmp_path: Path):
+def _saved(prepared_sample: Path, path: Path, epochs: int = 1) -> bytes:
+    """A real checkpoint's bytes (of an untrained model: what is in it does not matter here)."""
     model, loader, plan = _setup(prepared_sample, seed=0)
-    fit(model, loader, plan, epochs=1, device=CPU, checkpoint=tmp_path / "c.pt")
+    save_checkpoint(path, model, plan, [], epochs=epochs, steps_per_epoch=len(loader))
+    return path.read_bytes()
+
+
+def test_a_truncated_checkpoint_is_set_aside_and_training_starts_over(
+    prepared_sample: Path, tmp_path: Path, capsys
+):
+    """The node died while the checkpoint was written (a file system that tore it): the
+    rerun says so in one line, keeps the bad file aside, and trains from scratch, to
+    exactly the result of a run that never had a checkpoint."""
     model, loader, plan = _setup(prepared_sample, seed=0)
-    with pytest.raises(ValueError, match="a checkpoint of 1 epochs x 6 steps, not of this run"):
-        fit(model, loader, plan, epochs=2, device=CPU, checkpoint=tmp_path / "c.pt")
+    fit(model, loader, plan, epochs=1, device=CPU)
+    expected = model.state_dict()
+
+    ckpt = tmp_path / "c.pt"
+    whole = _saved(prepared_sample, ckpt)
+    ckpt.write_bytes(whole[: len(whole) // 2])
+    stale = tmp_path / ".c.pt.tmp-4242"  # a writer killed mid-save
+    stale.write_bytes(whole[:100])
+    capsys.readouterr()
+
+    again, loader2, plan2 = _setup(prepared_sample, seed=0)
+    seen = []
+    fit(again, loader2, plan2, epochs=1, device=CPU, on_epoch=seen.append, checkpoint=ckpt)
+    assert [s.epoch for s in seen] == [1]
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"checkpoint {ckpt}: unreadable (")
+    assert line.endswith("; set aside as c.pt.unusable, training starts over")
+    assert (tmp_path / "c.pt.unusable").read_bytes() == whole[: len(whole) // 2]
+    assert not stale.exists()
+    got = again.state_dict()
+    assert [name for name, value in expected.items() if not torch.equal(value, got[name])] == []
+
+
+UNUSABLE = {
+    "empty": lambda real: b"",
+    "garbage": lambda real: b"not a checkpoint",
+    "pickle": lambda real: pickle.dumps({"epochs": 1}, protocol=2),
+    "truncated": lambda real: real[: len(real) - 100],
+    "other-shape": lambda real: real,  # a real checkpoint of 1 epoch, resumed as a run of 2
+}
+
+
+@pytest.mark.parametrize("damage", UNUSABLE)
+def test_an_unusable_checkpoint_never_fails_the_run(prepared_sample: Path, tmp_path: Path, capsys, damage):
+    ckpt = tmp_path / "c.pt"
+    content = UNUSABLE[damage](_saved(prepared_sample, ckpt))
+    ckpt.write_bytes(content)
+    model, loader, plan = _setup(prepared_sample, seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert resume(ckpt, model, plan, epochs=2, steps_per_epoch=len(loader)) == []
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith("set aside as c.pt.unusable, training starts over")
+    if damage == "other-shape":
+        assert "a checkpoint of 1 epochs x 6 steps, not of this run (2 x 6)" in line
+    assert not ckpt.exists() and (tmp_path / "c.pt.unusable").read_bytes() == content
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # nothing loaded
+
+
+def test_a_checkpoint_is_on_disk_before_it_replaces_the_last_one(
+    prepared_sample: Path, tmp_path: Path, monkeypatch
+):
+    """Written to a temp file, fsynced, renamed; a save that fails midway leaves the last one."""
+    from hpcpipe import files
+
+    model, loader, plan = _setup(prepared_sample, seed=0)
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"the last checkpoint")
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    real_save = torch.save
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError):
+        save_checkpoint(ckpt, model, plan, [], epochs=1, steps_per_epoch=len(loader))
+    assert ckpt.read_bytes() == b"the last checkpoint" and list(tmp_path.iterdir()) == [ckpt]
+
+    monkeypatch.setattr(torch, "save", real_save)
+    events.clear()
+    save_checkpoint(ckpt, model, plan, [], epochs=1, steps_per_epoch=len(loader))
+    assert events[:2] == ["fsync", "replace"]  # the bytes, then the name (then the folder)
+    assert list(tmp_path.iterdir()) == [ckpt]
+    assert resume(ckpt, model, plan, epochs=1, steps_per_epoch=len(loader)) == []  # whole, no epoch yet
 
 
 # --------------------------------------------------------------------------- job side

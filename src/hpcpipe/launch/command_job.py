@@ -16,6 +16,13 @@ resumes if it finds its checkpoint. A command that saved nothing there is not
 requeued: it would only spend the same hours again and hit the same limit. The
 folder is keyed by the stage fingerprint and removed once the command succeeded and
 the stage's outputs exist.
+
+A job that gets SIGTERM (scancel, the time limit, a preemption; Slurm sends it to the
+command too) is never reported as done, even if the command then exits 0 (a script that
+saves its state on SIGTERM and exits cleanly): it raises ``Terminated`` and keeps the
+checkpoint folder (see ``hpcpipe.launch.termination``). When the job process itself is
+stopped while the command runs (the local executor's cancel is SIGINT), the command is
+stopped with it instead of running on as an orphan.
 """
 
 from __future__ import annotations
@@ -32,10 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from hpcpipe.launch.host_memory import tune_host_allocator
+from hpcpipe.launch.termination import TerminationWatch
 from hpcpipe.tracking.command_run import command_run
 from hpcpipe.tracking.context import RunContext
 
 EXIT_MARK = "command exited with status"
+STOP_GRACE_S = 0.5  # a stopped job's command gets this long after SIGTERM (submitit's local
+# executor kills the job process 1 s after its SIGINT)
 
 
 class CommandFailed(RuntimeError):
@@ -79,6 +89,18 @@ def _ignore_slurm_warning() -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """End the command: SIGTERM, a moment to exit, then SIGKILL."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class CommandRunner:
     """Runs one command as the job; checkpointable (see the module docstring)."""
 
@@ -91,6 +113,7 @@ class CommandRunner:
         Path(job.checkpoint_dir).mkdir(parents=True, exist_ok=True)
         env = {"HPCPIPE_STAGE": job.stage, "HPCPIPE_CHECKPOINT_DIR": job.checkpoint_dir}
         with contextlib.ExitStack() as stack:
+            termination = stack.enter_context(TerminationWatch(f"stage {job.stage}"))
             if job.context is not None:
                 env.update(stack.enter_context(command_run(job.wandb, job.context, job.workdir)))
             try:
@@ -100,11 +123,16 @@ class CommandRunner:
             except (FileNotFoundError, PermissionError) as err:  # what a shell says as 127 / 126
                 print(f"hpcpipe: {job.argv[0]}: {err.strerror}", file=sys.stderr, flush=True)
                 raise CommandFailed(127 if isinstance(err, FileNotFoundError) else 126) from None
-            code = self._process.wait()
+            try:
+                code = self._process.wait()
+            except BaseException:  # SIGINT, submitit's exit after a requeue: no orphan command
+                _stop(self._process)
+                raise
         if code < 0:  # killed by a signal: the shell's convention
             code = 128 - code
         if code != 0:
             raise CommandFailed(code)
+        termination.check()  # exit 0 after SIGTERM: not done, and its checkpoint is kept
         if all(Path(job.workdir, out).exists() for out in job.outs):
             shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
         return code

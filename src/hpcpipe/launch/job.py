@@ -4,11 +4,14 @@
 so the login node never imports the stage (and so never imports torch): the
 import happens here, in the job.
 
-Outputs are published atomically: the stage writes every output to a temporary
-sibling path; only when the stage function returned do they replace the real
-paths, each with one ``os.replace``. A stage that raises, is cancelled or is
-killed leaves the previous outputs untouched (and at worst a ``.tmp-`` sibling,
-which the next run of the stage removes).
+Outputs are published all at once or not at all (``hpcpipe.launch.publish``): the
+stage writes every output to a temporary sibling path; only when the stage function
+returned are they put in place together, under a journal that the next run of the
+stage rolls back first if a kill cut the publication short. A stage that raises, is
+cancelled or is killed leaves the previous outputs untouched (and at worst ``.tmp-``
+siblings, which the next run of the stage removes). A job that got SIGTERM (scancel,
+the time limit, a preemption: ``hpcpipe.launch.termination``) runs on under submitit
+until Slurm kills it, but never publishes.
 
 With a ``RunContext`` (what the launcher resolved: fingerprint, profile, resources)
 the stage runs inside its W&B run (``tracking.start_run``), so stage functions keep
@@ -33,53 +36,20 @@ stage's outputs are published.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hpcpipe.files import TEMP_MARK
 from hpcpipe.launch.host_memory import tune_host_allocator
+from hpcpipe.launch.publish import Publisher, remove_path, remove_stale_staging, staging_path
 from hpcpipe.launch.spec import StageSpec
+from hpcpipe.launch.termination import TerminationWatch
 from hpcpipe.stage_function import import_target
 from hpcpipe.tracking import RunContext, start_run
 
-TMP_MARK = ".tmp-"
 CHECKPOINT_DIR = Path(".hpcpipe") / "checkpoints"  # relative to the project, when not in a submitit job
-
-
-def staging_path(final: Path, token: str) -> Path:
-    """A hidden sibling of ``final``: same directory, so the rename is atomic."""
-    return final.with_name(f".{final.name}{TMP_MARK}{token}")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def remove_stale_staging(final: Path) -> None:
-    """Remove leftovers of earlier runs that were killed before publishing."""
-    if final.parent.is_dir():
-        for leftover in final.parent.glob(f".{final.name}{TMP_MARK}*"):
-            _remove(leftover)
-
-
-def publish(staged: Path, final: Path) -> None:
-    """Move ``staged`` into place. Files: one atomic rename. Directories cannot be
-    replaced atomically when the target exists, so the old one is first renamed
-    aside and removed only after the new one is in place."""
-    if not staged.exists():
-        raise FileNotFoundError(f"stage finished but did not write its output {final}")
-    if staged.is_dir() and final.exists():
-        old = staging_path(final, f"old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(staged, final)
-        _remove(old)
-    else:
-        os.replace(staged, final)
 
 
 def checkpoint_folder(workdir: str) -> Path:
@@ -99,6 +69,15 @@ def checkpoint_file(spec: StageSpec, workdir: str, fp: str) -> Path:
     path = folder / f"checkpoint-{spec.name}-{fp}.pt"
     for stale in folder.glob(f"checkpoint-{spec.name}-*.pt"):
         if stale != path:
+            stale.unlink(missing_ok=True)
+    # their set-aside unusable ones, and temp files of writers killed mid-save (this
+    # fingerprint's own: ml.training.resume)
+    leftovers = [
+        *folder.glob(f"checkpoint-{spec.name}-*.pt.unusable"),
+        *folder.glob(f".checkpoint-{spec.name}-*.pt{TEMP_MARK}*"),
+    ]
+    for stale in leftovers:
+        if not stale.name.startswith((f"{path.name}.", f".{path.name}{TEMP_MARK}")):
             stale.unlink(missing_ok=True)
     return path
 
@@ -148,6 +127,20 @@ def run_stage(
     without one (or with W&B disabled in params) nothing is tracked.
     """
     os.chdir(workdir)
+    with TerminationWatch(f"stage {spec.name}") as termination:
+        return _run_and_publish(spec, params, paths, workdir, context, termination)
+
+
+def _run_and_publish(
+    spec: StageSpec,
+    params: Any,
+    paths: Mapping[str, str],
+    workdir: str,
+    context: RunContext | None,
+    termination: TerminationWatch,
+) -> dict[str, Any]:
+    publisher = Publisher(Path.cwd(), spec.name)  # run_stage chdir-ed into the workdir
+    publisher.recover()  # before anything else: a publication a kill cut short is rolled back
     tune_host_allocator()  # before the stage imports torch: see host_memory
     func = import_target(spec.target, workdir)
     token = f"{os.getpid()}-{int(time.time())}"
@@ -169,12 +162,11 @@ def run_stage(
     try:
         with start_run(params, context if spec.tracked else None, spec.sections, workdir):
             metrics = func(params, **kwargs, **({"checkpoint": checkpoint} if checkpoint else {}))
-        for role, tmp in staged.items():
-            publish(tmp, Path(paths[role]))
+        outputs = [(tmp, Path(paths[role])) for role, tmp in staged.items()]
+        publisher.publish(outputs, token, check=termination.check)
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)  # published: nothing left to resume
     finally:
         for tmp in staged.values():
-            if tmp.exists():
-                _remove(tmp)
+            remove_path(tmp)
     return dict(metrics or {})

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hpcpipe.files import TEMP_MARK, write_atomically
 from hpcpipe.ml.loader import BatchLoader
 
 WARMUP_FRACTION = 0.1
@@ -255,12 +257,11 @@ def _training_state(
 def save_checkpoint(
     path: Path, model: nn.Module, plan: Plan, history: list[EpochStats], *, epochs: int, steps_per_epoch: int
 ) -> None:
-    """Write the training state to ``path`` atomically: a kill mid-write leaves the previous one."""
+    """Write the training state to ``path`` whole, and on disk before it replaces the
+    previous one (``files.write_atomically``: temp file, fsync, rename): a kill or the
+    loss of the node mid-write leaves the previous checkpoint."""
     state = _training_state(model, plan, history, epochs=epochs, steps_per_epoch=steps_per_epoch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: torch.save(state, f))
 
 
 def resume(
@@ -268,18 +269,29 @@ def resume(
 ) -> list[EpochStats]:
     """Load ``path`` into ``model`` and ``plan`` if it exists; return the epochs it had done.
 
-    A checkpoint of a different run shape (epochs, batches per epoch) is refused: the
-    caller keys checkpoints by the stage's fingerprint, so this is a safety net only.
+    A checkpoint that cannot be resumed (truncated, unreadable, or of another run shape or
+    model: the caller keys checkpoints by the stage's fingerprint, so that is a safety
+    net) is said in one line on stderr and set aside as ``NAME.unusable`` (the last one
+    only: checkpoints can be large); training starts over instead of failing on every
+    rerun. It is checked whole before anything is loaded, so a refused one changes
+    nothing. Temp files of writers killed mid-save are removed first.
     """
+    for stale in path.parent.glob(f".{path.name}{TEMP_MARK}*"):
+        stale.unlink(missing_ok=True)
     if not path.exists():
         return []
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    shape = (state["epochs"], state["steps_per_epoch"])
-    if shape != (epochs, steps_per_epoch):
-        raise ValueError(
-            f"{path}: a checkpoint of {shape[0]} epochs x {shape[1]} steps, not of this run "
-            f"({epochs} x {steps_per_epoch}); remove it to start afresh"
-        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        problem = _mismatch(state, model, plan, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    except Exception as err:  # torch says a torn zip or pickle in many ways
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        problem = f"unreadable ({type(err).__name__}: {first_line})"
+    if problem:
+        aside = path.with_name(f"{path.name}.unusable")
+        os.replace(path, aside)
+        print(f"checkpoint {path}: {problem}; set aside as {aside.name}, training starts over",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return []
     model.load_state_dict(state["model"])
     plan.optimizer.load_state_dict(state["optimizer"])
     if plan.lookahead is not None and state["lookahead"] is not None:
@@ -287,7 +299,32 @@ def resume(
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return [EpochStats(**row) for row in state["history"]]
+    history = [EpochStats(**row) for row in state["history"]]
+    print(f"resuming from {path} after epoch {len(history)}", flush=True)
+    return history
+
+
+def _mismatch(state: Any, model: nn.Module, plan: Plan, *, epochs: int, steps_per_epoch: int) -> str:
+    """Why ``state`` cannot be resumed into this run; "" if it can."""
+    keys = {"epochs", "steps_per_epoch", "history", "model", "optimizer", "lookahead", "rng"}
+    if not isinstance(state, dict) or not keys <= state.keys():
+        return "not a training checkpoint of this recipe"
+    shape = (state["epochs"], state["steps_per_epoch"])
+    if shape != (epochs, steps_per_epoch) or len(state["history"]) > epochs:
+        return (
+            f"a checkpoint of {shape[0]} epochs x {shape[1]} steps, "
+            f"not of this run ({epochs} x {steps_per_epoch})"
+        )
+    ours = model.state_dict()
+    theirs = state["model"]
+    if theirs.keys() != ours.keys() or any(theirs[k].shape != v.shape for k, v in ours.items()):
+        return "a checkpoint of another model"
+    groups = state["optimizer"].get("param_groups", [])
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in plan.optimizer.param_groups]:
+        return "a checkpoint of another optimiser setup"
+    if (state["lookahead"] is None) != (plan.lookahead is None):
+        return "a checkpoint of another recipe (lookahead)"
+    return ""
 
 
 @torch.no_grad()

@@ -104,8 +104,7 @@ def train(
             epoch=s.epoch, loss=s.loss, accuracy=s.accuracy, lr=s.lr, images_per_s=s.images_per_s
         )
 
-    if checkpoint is not None and checkpoint.exists():
-        print(f"resuming from {checkpoint}", flush=True)
+    # with a checkpoint, fit resumes from it (and says so) or sets an unusable one aside
     stats = fit(net, loader, plan, epochs=p.epochs, device=device, on_epoch=report, checkpoint=checkpoint)
 
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
