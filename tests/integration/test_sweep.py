@@ -226,13 +226,13 @@ def test_ctrl_c_cancels_the_running_point_and_keeps_the_rest_resumable(project: 
 def test_sixteen_workspaces_made_at_once_all_come_out_whole(project: Path):
     """Two `git worktree add` at once in one repo fail now and then (seen 4 in 128 here);
     the workspaces are made by 4 threads, so their adds must take turns."""
-    from hpcpipe.sweep.runner import _make_workspaces, _points
+    from hpcpipe.sweep.points import make_workspaces, points_of
 
     commit_all(project)
     grid = [{"train.lr": 0.01 * (i + 1)} for i in range(16)]
-    points = _points("many", grid)
+    points = points_of("many", grid)
     head = git(project, "rev-parse", "HEAD").strip()
-    _make_workspaces(project, "many", points, head)
+    make_workspaces(project, "many", points, head)
     for point in points:
         params = yaml.safe_load((project / point.workspace / "params.yaml").read_text())
         assert params["train"]["lr"] == point.overrides["train.lr"]

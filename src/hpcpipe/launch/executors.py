@@ -13,7 +13,8 @@ earlier, by id: ``hpcpipe status``/``cancel``, sweeps), and ``reattach`` (a reco
 job still worth waiting for). Callers ask ``backend(kind)`` and never branch on the
 kind themselves. All jobs have the small part of submitit's Job interface the
 launcher uses (``job_id``, ``state``, ``done()``, ``result()``, ``cancel()``, ``paths``),
-so the stage code cannot tell which one ran it.
+so the stage code cannot tell which one ran it. ``arrays`` says how a sweep's job
+array runs on the kind.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ class Backend:
     # A job submitted from inside an allocation must not inherit the allocation's SLURM_*
     # variables (SLURM_MEM_PER_NODE, SLURM_CPUS_PER_TASK, ...): sbatch would apply them.
     strips_slurm_env = False
+    # How a job array (a sweep's points) runs on this kind: "queued" (one submission; the
+    # scheduler starts tasks as slots free up, and keeps them after the submitter ends),
+    # "paced" (the submitter starts each task as a slot frees up, so it must stay), or ""
+    # (not at all: the kind runs its one job in the submitting process).
+    arrays = ""
 
     def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
         raise NotImplementedError
@@ -103,6 +109,7 @@ class Backend:
 class SlurmBackend(Backend):
     kind = "slurm"
     strips_slurm_env = True
+    arrays = "queued"
 
     def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
         import submitit  # here, not at module level: `hpcpipe --help` and config errors stay fast
@@ -151,6 +158,7 @@ class LocalBackend(Backend):
     says how it ended; neither means it was killed (CANCELLED)."""
 
     kind = "local"
+    arrays = "paced"
 
     def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
         import submitit

@@ -19,7 +19,24 @@ from typing import Any
 
 import yaml
 
+from hpcpipe.launch.launcher import say
+from hpcpipe.sweep.record import Point, Sweep
 from hpcpipe.sweep.workspace import git
+
+
+def import_point(root: Path, sweep: Sweep, point: Point, label: str) -> None:
+    """A finished point's metrics into the record, and its workspace saved as an experiment.
+    A failed save is kept as the point's error (its results stay in its workspace)."""
+    where = root / point.workspace
+    point.metrics = read_metrics(where, sweep.metrics)
+    name = sweep.experiment_name(point)
+    why = save_experiment(where, name, sweep.affected)
+    if why:
+        point.error = why
+        say(f"sweep {sweep.name}: point {label}: finished, but not saved as an experiment: {why}")
+    else:
+        point.experiment, point.error = name, ""
+        say(f"sweep {sweep.name}: point {label}: saved as experiment {name}")
 
 
 def save_experiment(workspace: Path, name: str, stages: Sequence[str]) -> str:

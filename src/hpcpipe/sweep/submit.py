@@ -1,0 +1,81 @@
+"""Submitting a sweep's points, in the way its executor kind runs a job array.
+
+``backend(kind).arrays`` says which: "queued" (Slurm) is ONE ``sbatch`` of a job array
+(``--array=0-N%P``) that the scheduler paces; "paced" (local) is ``LocalPool``, which
+starts points here as slots free up. Both have the same three calls, so the code that
+drives a sweep never asks which kind it has: ``start`` (the first submission), ``fill``
+(each poll: start what may start now) and ``cancel`` (what only this process can reach).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from hpcpipe.config import Profile
+from hpcpipe.launch.executors import backend
+from hpcpipe.launch.launcher import say
+from hpcpipe.sweep import record
+from hpcpipe.sweep.record import Attempt, Point, Sweep
+
+
+class Submitter(Protocol):
+    def start(self, points: Sequence[Point]) -> None: ...
+    def fill(self, points: Sequence[Point]) -> None: ...
+    def cancel(self) -> None: ...
+
+
+def submitter_for(root: Path, sweep: Sweep, profile: Profile) -> Submitter:
+    from hpcpipe.sweep.local_pool import LocalPool
+
+    kinds: dict[str, type] = {"queued": ArraySubmission, "paced": LocalPool}
+    return kinds[backend(profile.executor).arrays](root, sweep, profile)
+
+
+def job_folder(root: Path, name: str) -> Path:
+    return record.sweep_dir(root, name) / "jobs"
+
+
+def tuned(sweep: Sweep, profile: Profile) -> tuple[Profile, str]:
+    """The profile with one more entry: what one point's task asks for (all its stages)."""
+    from hpcpipe.launch.profiles import sweep_resources
+
+    key = f"sweep-{sweep.name}"  # becomes the job name: hpcpipe-sweep-NAME
+    resources = sweep_resources(profile, sweep.affected)
+    return dataclasses.replace(profile, stages={**profile.stages, key: resources}), key
+
+
+class ArraySubmission:
+    """ONE sbatch: a job array of the points, at most ``parallelism`` running at once."""
+
+    def __init__(self, root: Path, sweep: Sweep, profile: Profile) -> None:
+        self.root, self.sweep, self.profile = root, sweep, profile
+
+    def start(self, points: Sequence[Point]) -> None:
+        from hpcpipe.launch.launcher import submit_array
+        from hpcpipe.sweep.task import run_point
+
+        sweep, root = self.sweep, self.root
+        tuned_profile, key = tuned(sweep, self.profile)
+        n = len(points)
+        args = [[str(root / p.workspace) for p in points], [sweep.checkout] * n, [sweep.affected] * n]
+        folder = job_folder(root, sweep.name)
+        jobs = submit_array(root, tuned_profile, key, run_point, args, folder, min(sweep.parallelism, n))
+        now = time.time()
+        for point, job in zip(points, jobs, strict=True):
+            where = str(Path(job.paths.folder).resolve())
+            point.attempts.append(Attempt(str(job.job_id), "slurm", where, now))
+            point.state = "PENDING"
+        first = str(jobs[0].job_id)
+        # submitit submits an array of one task as a plain job
+        what = f"job array {first.split('_')[0]}" if "_" in first else f"job {first}"
+        say(f"sweep {sweep.name}: {n} point(s) submitted as {what} (at most {sweep.parallelism} at once)")
+
+    def fill(self, points: Sequence[Point]) -> None:
+        """Nothing to do: the scheduler starts the array's tasks."""
+
+    def cancel(self) -> None:
+        """Nothing held here: the array's tasks are cancelled by id, like any recorded job."""
