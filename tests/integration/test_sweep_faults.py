@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hpcpipe.sweep import record, workspace
+from hpcpipe.validation import ConfigError
 from tests.conftest import git, run_cli
 
 
@@ -121,3 +125,107 @@ def test_an_experiment_name_that_exists_is_never_overwritten(tutorial_project: P
     assert found["s-lr-0.1"]["train"]["lr"] == 0.3  # the user's, untouched
     assert found["s-lr-0.1-2"]["train"]["lr"] == 0.1
     assert record.load(root, "s").points[0].experiment == "s-lr-0.1-2"
+
+
+# --------------------------------------------------------------------------- the name
+def test_a_sweep_name_is_claimed_once(tutorial_project: Path):
+    """A second `hpcpipe sweep --name s` while the first (here on another login node) is
+    still making its worktrees stops in one line, makes nothing and removes nothing of
+    the first's. The first's claim is its folder, as `record.claim` makes it."""
+    root = tutorial_project
+    theirs = record.sweep_dir(root, "s")
+    (theirs / "points" / "001-lr-0.1").mkdir(parents=True)  # a worktree on its way
+    (theirs / "claim.json").write_text(json.dumps({"host": "login2", "pid": 4242, "time": time.time()}))
+    done = run_cli("sweep", "-S", "train.lr=0.1,0.2", "--name", "s", cwd=root)
+    assert done.returncode == 2, done.stderr
+    assert "sweep 's' is being set up by pid 4242 on login2" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert sorted(p.name for p in theirs.iterdir()) == ["claim.json", "points"]  # theirs, kept
+    assert worktrees(root) == 1
+
+
+def test_a_claim_is_taken_once_and_let_go_on_bad_input(tutorial_project: Path):
+    root = tutorial_project
+    record.claim(root, "s")
+    with pytest.raises(ConfigError, match=r"sweep 's' is being set up by pid \d+ on "):
+        record.claim(root, "s")
+    done = run_cli("sweep", "-S", "wandb.project=a,b", "--name", "t", cwd=root)  # found after the claim
+    assert done.returncode == 2 and "no stage reads wandb.project" in done.stderr, done.stderr
+    assert not record.sweep_dir(root, "t").exists()
+
+
+# --------------------------------------------------------------------------- Slurm
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_an_sbatch_refusal_is_one_line_and_removes_the_worktrees(
+    tutorial_project: Path, slurm_cluster, monkeypatch, unique_name: str
+):
+    """A real refusal: each task asks for more memory than the cluster's node has."""
+    root = tutorial_project
+    monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
+    (root / "configs" / "cluster").mkdir(parents=True)
+    (root / "configs" / "cluster" / "testcluster.yaml").write_text(
+        yaml.safe_dump({"stages": {"sweep": {"mem_gb": 4096}}})
+    )
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "a greedy sweep")
+    done = run_cli("sweep", "-S", "train.lr=0.1,0.2", "--name", unique_name, cwd=root)
+    assert done.returncode == 1, done.stderr
+    refused = [line for line in done.stderr.splitlines() if "sbatch" in line]
+    assert refused == [
+        f"hpcpipe: sweep {unique_name}: sbatch refused the array: sbatch: error: Batch job submission "
+        "failed: Requested node configuration is not available; nothing was submitted, and its "
+        "workspaces were removed"
+    ], done.stderr
+    assert "Traceback" not in done.stderr
+    assert worktrees(root) == 1 and not record.sweep_dir(root, unique_name).exists()
+    # nothing queued (accounting keeps a refused submission as a FAILED record, never run)
+    assert set(slurm_jobs(f"hpcpipe-sweep-{unique_name}").values()) <= {"FAILED"}
+    # the name is free again: the same sweep, asking for what the node has, goes on
+    (root / "configs" / "cluster" / "testcluster.yaml").unlink()
+    again = run_cli("sweep", "-S", "train.lr=0.1,0.2", "--name", unique_name, "--detach", cwd=root)
+    assert again.returncode == 0, again.stderr
+    subprocess.run(["scancel", "--name", f"hpcpipe-sweep-{unique_name}"], check=False)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_ctrl_c_during_submission_leaves_the_array_tracked_and_cancelled(
+    tutorial_project: Path, slurm_cluster, monkeypatch, tmp_path: Path, unique_name: str
+):
+    """The Ctrl-C lands after sbatch queued the array and before its id was read back
+    (the shim runs the real sbatch, then signals the sweep, then prints the id)."""
+    root = tutorial_project
+    monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
+    real = shutil.which("sbatch")
+    bin_dir = shim(
+        tmp_path / "bin",
+        "sbatch",
+        f'out=$("{real}" "$@") || exit $?\nkill -INT $PPID\nsleep 1\necho "$out"\n',
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["hpcpipe", "sweep", "-S", "train.lr=0.1,0.2", "--name", unique_name],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    try:
+        assert done.returncode == 130, done.stderr
+        assert "Traceback" not in done.stderr
+        sweep = record.load(root, unique_name)
+        tracked = {p.attempts[-1].job_id for p in sweep.points if p.attempts}
+        queued = slurm_jobs(f"hpcpipe-sweep-{unique_name}")
+        arrays = {job.split("_")[0] for job in queued}
+        assert len(arrays) == 1, queued  # one sbatch
+        (array,) = arrays
+        assert tracked == {f"{array}_0", f"{array}_1"}  # the array is the record's
+        assert [p.state for p in sweep.points] == ["CANCELLED", "CANCELLED"]
+        deadline = time.monotonic() + 60
+        while any(
+            not s.startswith("CANCELLED") and s not in ("COMPLETED", "FAILED") for s in queued.values()
+        ):
+            assert time.monotonic() < deadline, queued
+            time.sleep(1)
+            queued = slurm_jobs(f"hpcpipe-sweep-{unique_name}")
+        assert all(state.startswith("CANCELLED") for state in queued.values()), queued
+    finally:
+        subprocess.run(["scancel", "--name", f"hpcpipe-sweep-{unique_name}"], check=False)

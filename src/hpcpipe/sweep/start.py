@@ -3,6 +3,7 @@
 Order of work, all on the login node, all before anything is queued:
 
 1. expand and validate every point (``grid``): a bad value fails in milliseconds;
+   then claim the sweep's name (``record.claim``: one of two sweeps of one name goes on);
 2. start making one worktree per point (``workspace``), in a background thread;
 3. meanwhile plan the pipeline (``pipeline``): which stages the swept keys change,
    and check that the unchanged upstream stages are up to date (``freshness``);
@@ -10,7 +11,8 @@ Order of work, all on the login node, all before anything is queued:
    the same cluster profile);
 4. finish the worktrees (cache settings, the project's ``dvc.lock``) and write the
    sweep's record; a failure before this point removes the worktrees again;
-5. submit and, unless ``--detach``, wait (``drive``).
+5. submit and, unless ``--detach``, wait (``drive``). A refused submission (MaxArraySize,
+   a submit limit) is one line, and removes the worktrees and the record.
 
 ``resume`` submits the points that failed, were cancelled or never started, as a new array.
 """
@@ -34,6 +36,7 @@ from hpcpipe.sweep.pipeline import DvcProject, plan
 from hpcpipe.sweep.points import make_workspaces, points_of, remove_unsubmitted
 from hpcpipe.sweep.record import Point, Sweep
 from hpcpipe.sweep.report import table
+from hpcpipe.sweep.submit import SubmitRefused
 from hpcpipe.sweep.watch import DONE, NOT_STARTED, final, refresh
 from hpcpipe.validation import ConfigError
 
@@ -52,7 +55,7 @@ class SweepRequest:
 def start(root: Path, request: SweepRequest) -> int:
     """``hpcpipe sweep -S ...``: check everything, then submit once; wait unless detached."""
     name = record.check_name(request.name or record.default_name())
-    if (record.sweep_dir(root, name) / record.RECORD_FILE).exists():
+    if (record.sweep_dir(root, name) / record.RECORD_FILE).exists():  # said early; claimed below
         raise ConfigError(f"sweep {name!r} exists; pick another --name, or see: hpcpipe sweep status {name}")
     points = expand_grid(request.overrides)
     if request.random is not None:
@@ -65,6 +68,7 @@ def start(root: Path, request: SweepRequest) -> int:
     keys = [key for point in points[:1] for key in point]
     commit = workspace.base_commit(root)
     entries = points_of(name, points)
+    record.claim(root, name)  # from here on, a failure removes what this sweep made
     # The worktrees are git's work, in subprocesses: they are made while this process
     # opens DVC's index, plans, and checks that the reused stages are up to date. On
     # any failure before the record is written they are removed again.
@@ -112,7 +116,12 @@ def start(root: Path, request: SweepRequest) -> int:
             points=entries,
         )
         record.save(root, sweep)
-    return drive.run(root, sweep, profile, sweep.points, request.detach)
+    try:
+        return drive.run(root, sweep, profile, sweep.points, request.detach)
+    except SubmitRefused as refused:
+        remove_unsubmitted(root, name, entries)
+        say(f"sweep {name}: {refused}; nothing was submitted, and its workspaces were removed")
+        return drive.EXIT_FAILED
 
 
 def resume(root: Path, name: str, parallelism: int | None, detach: bool) -> int:
@@ -132,7 +141,11 @@ def resume(root: Path, name: str, parallelism: int | None, detach: bool) -> int:
     say(f"sweep {name}: resubmitting {len(todo)} of {len(sweep.points)} points")
     for point in todo:
         point.state, point.error = "NEW", ""
-    return drive.run(root, sweep, profile, todo, detach)
+    try:
+        return drive.run(root, sweep, profile, todo, detach)
+    except SubmitRefused as refused:  # the record on disk still has the points as they were
+        say(f"sweep {name}: {refused}; nothing was submitted; the points stay as they were")
+        return drive.EXIT_FAILED
 
 
 @contextlib.contextmanager

@@ -9,7 +9,11 @@ drives a sweep never asks which kind it has: ``start`` (the first submission), `
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +24,16 @@ from hpcpipe.launch.executors import backend
 from hpcpipe.launch.launcher import say
 from hpcpipe.sweep import record
 from hpcpipe.sweep.record import Attempt, Point, Sweep
+
+
+class SubmitRefused(Exception):
+    """The scheduler said no (MaxArraySize, a submit limit, resources no node has): nothing
+    was queued. Its message is one line, the scheduler's own reason."""
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no reason given"
 
 
 class Submitter(Protocol):
@@ -55,6 +69,8 @@ class ArraySubmission:
         self.root, self.sweep, self.profile = root, sweep, profile
 
     def start(self, points: Sequence[Point]) -> None:
+        from submitit.core.utils import FailedJobError
+
         from hpcpipe.launch.launcher import submit_array
         from hpcpipe.sweep.task import run_point
 
@@ -62,8 +78,14 @@ class ArraySubmission:
         tuned_profile, key = tuned(sweep, self.profile)
         n = len(points)
         args = [[str(root / p.workspace) for p in points], [sweep.checkout] * n, [sweep.affected] * n]
-        folder = job_folder(root, sweep.name)
-        jobs = submit_array(root, tuned_profile, key, run_point, args, folder, min(sweep.parallelism, n))
+        folder, at_once = job_folder(root, sweep.name), min(sweep.parallelism, n)
+        # submitit prints sbatch's stderr before raising it: kept here, said once, as one line
+        with contextlib.redirect_stderr(io.StringIO()) as chatter:
+            try:
+                jobs = submit_array(root, tuned_profile, key, run_point, args, folder, at_once)
+            except (FailedJobError, OSError, subprocess.SubprocessError) as err:
+                raise SubmitRefused(f"sbatch refused the array: {last_line(str(err))}") from None
+        sys.stderr.write(chatter.getvalue())
         now = time.time()
         for point, job in zip(points, jobs, strict=True):
             where = str(Path(job.paths.folder).resolve())
