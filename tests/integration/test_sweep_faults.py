@@ -194,19 +194,23 @@ def test_ctrl_c_during_submission_leaves_the_array_tracked_and_cancelled(
     tutorial_project: Path, slurm_cluster, monkeypatch, tmp_path: Path, unique_name: str
 ):
     """The Ctrl-C lands after sbatch queued the array and before its id was read back
-    (the shim runs the real sbatch, then signals the sweep, then prints the id)."""
+    (the shim runs the real sbatch, then sends SIGINT to the sweep's process group, as a
+    terminal does, then prints the id)."""
     root = tutorial_project
     monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
     real = shutil.which("sbatch")
     bin_dir = shim(
         tmp_path / "bin",
         "sbatch",
-        f'out=$("{real}" "$@") || exit $?\nkill -INT $PPID\nsleep 1\necho "$out"\n',
+        # a terminal's Ctrl-C: SIGINT to the whole process group, arriving while "sbatch"
+        # has queued the array but not yet printed its id (without the fix, it dies there)
+        f'out=$("{real}" "$@") || exit $?\n(sleep 0.3; kill -INT -- -$(ps -o pgid= $$)) &\n'
+        'sleep 2\necho "$out"\n',
     )
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     done = subprocess.run(
         ["hpcpipe", "sweep", "-S", "train.lr=0.1,0.2", "--name", unique_name],
-        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+        cwd=root, env=env, capture_output=True, text=True, timeout=300, start_new_session=True,
     )  # fmt: skip
     try:
         assert done.returncode == 130, done.stderr

@@ -7,9 +7,8 @@ stay experiments, and ``hpcpipe sweep resume NAME`` goes on.
 A signal that comes while a submission is under way waits until the submission has
 returned and its job ids are in the record (``signals_held``): a sweep interrupted
 there has its array tracked, and cancelled, never queued and forgotten, so ``resume``
-cannot submit its points a second time. ``sbatch`` itself starts with the two signals
-blocked, so the Ctrl-C that the terminal sends the whole process group cannot kill it
-between queueing the array and printing its id.
+cannot submit its points a second time (``submit`` also keeps the terminal's Ctrl-C,
+sent to the whole process group, from killing ``sbatch`` itself after it queued the array).
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from hpcpipe.sweep.watch import final, refresh
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "run", "signals_held"]
 EXIT_INTERRUPTED = 130
-_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def run(root: Path, sweep: Sweep, profile: Profile, points: list[Point], detach: bool) -> int:
@@ -89,24 +87,22 @@ def _wait(root: Path, sweep: Sweep, profile: Profile, points: list[Point], submi
 def signals_held() -> Iterator[None]:
     """SIGINT/SIGTERM that come during the block are raised as ``Interrupted`` after it.
 
-    The signals are also blocked in this thread, and so in the subprocesses it starts
-    (sbatch): a child inherits the signal mask. If the block itself fails, the failure
-    is what the caller sees; the signal is dropped, as the command ends anyway.
+    If the block itself fails, the failure is what the caller sees; the signal is
+    dropped, as the command ends anyway.
     """
     caught: list[int] = []
 
     def remember(signum: int, _frame: Any) -> None:
         caught.append(signum)
 
-    old = {s: signal.signal(s, remember) for s in _SIGNALS}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    failed = True
+    old = {s: signal.signal(s, remember) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
-        failed = False
+    except BaseException:
+        caught.clear()
+        raise
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending signal reaches remember()
         for signum, handler in old.items():
             signal.signal(signum, handler)
-    if caught and not failed:
+    if caught:
         raise Interrupted(caught[0])

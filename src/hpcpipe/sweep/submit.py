@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +35,22 @@ class SubmitRefused(Exception):
 def last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "no reason given"
+
+
+@contextlib.contextmanager
+def _unsignalled_children() -> Iterator[None]:
+    """Subprocesses started in the block (sbatch) start with SIGINT and SIGTERM blocked
+    (a child inherits the signal mask), so the Ctrl-C the terminal sends the whole process
+    group cannot kill sbatch between queueing the array and printing its id. Only for
+    sbatch: a local job started so would never see its own cancel. Here, a signal waits
+    until the block ends, for ``drive.signals_held`` to take it.
+    """
+    signals = {signal.SIGINT, signal.SIGTERM}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class Submitter(Protocol):
@@ -80,7 +97,7 @@ class ArraySubmission:
         args = [[str(root / p.workspace) for p in points], [sweep.checkout] * n, [sweep.affected] * n]
         folder, at_once = job_folder(root, sweep.name), min(sweep.parallelism, n)
         # submitit prints sbatch's stderr before raising it: kept here, said once, as one line
-        with contextlib.redirect_stderr(io.StringIO()) as chatter:
+        with contextlib.redirect_stderr(io.StringIO()) as chatter, _unsignalled_children():
             try:
                 jobs = submit_array(root, tuned_profile, key, run_point, args, folder, at_once)
             except (FailedJobError, OSError, subprocess.SubprocessError) as err:
