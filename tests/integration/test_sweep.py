@@ -179,7 +179,7 @@ def test_slurm_sweep_is_one_array_prepare_runs_once_and_resume_reruns_only_the_f
         ["sacct", "-X", "-n", "-P", "-j", array, "-o", "JobID,State"], capture_output=True, text=True
     ).stdout.split()
     assert sorted(tasks) == [f"{array}_{i}|{s}" for i, s in enumerate(["COMPLETED"] * 3 + ["FAILED"])]
-    assert len(jobs_named("hpcpipe-prepare", since)) == 1  # prepare once, for every point
+    assert len(jobs_named("hpcpipe-prepare", since, project)) == 1  # prepare once, for every point
     logs = "".join(p.read_text() for p in (project / record.SWEEPS_DIR / "arr" / "jobs").glob("*_log.out"))
     assert "Running stage 'train'" in logs and "Running stage 'prepare'" not in logs
     assert len([n for n in experiments(project) if n.startswith("arr-")]) == 3  # the others are kept
@@ -193,7 +193,7 @@ def test_slurm_sweep_is_one_array_prepare_runs_once_and_resume_reruns_only_the_f
     assert [len(p.attempts) for p in after.points] == [1, 1, 1, 2]  # only the failed point again
     assert after.points[-1].attempts[-1].job_id.split("_")[0] != array  # as a new array
     assert len([n for n in experiments(project) if n.startswith("arr-")]) == 4
-    assert len(jobs_named("hpcpipe-prepare", since)) == 1
+    assert len(jobs_named("hpcpipe-prepare", since, project)) == 1
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ class LocalPool:
     def __init__(self, root: Path, sweep: Sweep, profile: Profile) -> None:
         from hpcpipe.launch.launcher import prepared_executor, private_folder
 
-        self.root, self.sweep = root, sweep
+        self.root, self.sweep, self.kind = root, sweep, profile.executor
         tuned_profile, key = tuned(sweep, profile)
         folder = private_folder(job_folder(root, sweep.name), root)
         self.executor = prepared_executor(tuned_profile, key, folder)
@@ -49,7 +49,7 @@ class LocalPool:
                 )
                 self.jobs[point.number] = job
                 folder = str(Path(job.paths.folder).resolve())
-                point.attempts.append(Attempt(str(job.job_id), "local", folder, time.time()))
+                point.attempts.append(Attempt(str(job.job_id), self.kind, folder, time.time()))
                 point.state = "RUNNING"
                 running += 1
         for point in points:

@@ -106,7 +106,7 @@ class ArraySubmission:
         now = time.time()
         for point, job in zip(points, jobs, strict=True):
             where = str(Path(job.paths.folder).resolve())
-            point.attempts.append(Attempt(str(job.job_id), "slurm", where, now))
+            point.attempts.append(Attempt(str(job.job_id), self.profile.executor, where, now))
             point.state = "PENDING"
         first = str(jobs[0].job_id)
         # submitit submits an array of one task as a plain job
