@@ -113,7 +113,7 @@ def _sweep_parsers() -> dict[str, argparse.ArgumentParser]:
 
 
 def cmd_sweep(rest: list[str]) -> int:
-    from hpcpipe.sweep import runner
+    from hpcpipe.sweep import report, start
 
     action = rest[0] if rest and rest[0] in ("status", "resume") else "start"
     parser = _sweep_parsers()[action]
@@ -123,12 +123,12 @@ def cmd_sweep(rest: list[str]) -> int:
         raise UsageError(f"{parser.prog}: {err}") from None
     root = Path.cwd()
     if action == "status":
-        return runner.status(root, args.name)
+        return report.status(root, args.name)
     if action == "resume":
-        return runner.resume(root, args.name, args.parallelism, args.detach)
+        return start.resume(root, args.name, args.parallelism, args.detach)
     if not args.overrides:
         raise UsageError("hpcpipe sweep: give at least one -S KEY=VALUES (e.g. -S train.lr=0.1,0.05)")
-    request = runner.SweepRequest(
+    request = start.SweepRequest(
         overrides=args.overrides,
         name=args.name,
         cluster=args.cluster,
@@ -137,7 +137,7 @@ def cmd_sweep(rest: list[str]) -> int:
         parallelism=args.parallelism,
         detach=args.detach,
     )
-    return runner.start(root, request)
+    return start.start(root, request)
 
 
 def cmd_run(args: argparse.Namespace, extra: list[str], command: list[str] | None) -> int:

@@ -179,7 +179,7 @@ def test_slurm_sweep_is_one_array_prepare_runs_once_and_resume_reruns_only_the_f
         ["sacct", "-X", "-n", "-P", "-j", array, "-o", "JobID,State"], capture_output=True, text=True
     ).stdout.split()
     assert sorted(tasks) == [f"{array}_{i}|{s}" for i, s in enumerate(["COMPLETED"] * 3 + ["FAILED"])]
-    assert len(jobs_named("hpcpipe-prepare", since)) == 1  # prepare once, for every point
+    assert len(jobs_named("hpcpipe-prepare", since, project)) == 1  # prepare once, for every point
     logs = "".join(p.read_text() for p in (project / record.SWEEPS_DIR / "arr" / "jobs").glob("*_log.out"))
     assert "Running stage 'train'" in logs and "Running stage 'prepare'" not in logs
     assert len([n for n in experiments(project) if n.startswith("arr-")]) == 3  # the others are kept
@@ -193,7 +193,7 @@ def test_slurm_sweep_is_one_array_prepare_runs_once_and_resume_reruns_only_the_f
     assert [len(p.attempts) for p in after.points] == [1, 1, 1, 2]  # only the failed point again
     assert after.points[-1].attempts[-1].job_id.split("_")[0] != array  # as a new array
     assert len([n for n in experiments(project) if n.startswith("arr-")]) == 4
-    assert len(jobs_named("hpcpipe-prepare", since)) == 1
+    assert len(jobs_named("hpcpipe-prepare", since, project)) == 1
 
 
 @pytest.mark.slow
@@ -226,13 +226,13 @@ def test_ctrl_c_cancels_the_running_point_and_keeps_the_rest_resumable(project: 
 def test_sixteen_workspaces_made_at_once_all_come_out_whole(project: Path):
     """Two `git worktree add` at once in one repo fail now and then (seen 4 in 128 here);
     the workspaces are made by 4 threads, so their adds must take turns."""
-    from hpcpipe.sweep.runner import _make_workspaces, _points
+    from hpcpipe.sweep.points import make_workspaces, points_of
 
     commit_all(project)
     grid = [{"train.lr": 0.01 * (i + 1)} for i in range(16)]
-    points = _points("many", grid)
+    points = points_of("many", grid)
     head = git(project, "rev-parse", "HEAD").strip()
-    _make_workspaces(project, "many", points, head)
+    make_workspaces(project, "many", points, head)
     for point in points:
         params = yaml.safe_load((project / point.workspace / "params.yaml").read_text())
         assert params["train"]["lr"] == point.overrides["train.lr"]

@@ -13,7 +13,8 @@ earlier, by id: ``hpcpipe status``/``cancel``, sweeps), and ``reattach`` (a reco
 job still worth waiting for). Callers ask ``backend(kind)`` and never branch on the
 kind themselves. All jobs have the small part of submitit's Job interface the
 launcher uses (``job_id``, ``state``, ``done()``, ``result()``, ``cancel()``, ``paths``),
-so the stage code cannot tell which one ran it.
+so the stage code cannot tell which one ran it. ``arrays`` says how a sweep's job
+array runs on the kind.
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ class Backend:
         ``interrupts``): noted, and raised once the job is in hand."""
         return signals_held(block=False)
 
+    # How a job array (a sweep's points) runs on this kind: "queued" (one submission; the
+    # scheduler starts tasks as slots free up, and keeps them after the submitter ends),
+    # "paced" (the submitter starts each task as a slot frees up, so it must stay), or ""
+    # (not at all: the kind runs its one job in the submitting process).
+    arrays = ""
+
     def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
         raise NotImplementedError
 
@@ -111,6 +118,7 @@ class Backend:
 class SlurmBackend(Backend):
     kind = "slurm"
     strips_slurm_env = True
+    arrays = "queued"
 
     def signals_while_submitting(self) -> contextlib.AbstractContextManager[None]:
         """Blocked, so that sbatch (which inherits the mask) is not killed half-way either."""
@@ -184,6 +192,7 @@ class LocalBackend(Backend):
     running; its result pickle says how it ended; neither means it was killed (CANCELLED)."""
 
     kind = "local"
+    arrays = "paced"
 
     def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
         import submitit

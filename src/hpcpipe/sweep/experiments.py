@@ -19,7 +19,45 @@ from typing import Any
 
 import yaml
 
+from hpcpipe.launch.launcher import say
+from hpcpipe.sweep.record import Point, Sweep
 from hpcpipe.sweep.workspace import git
+from hpcpipe.validation import ConfigError
+
+
+def import_point(root: Path, sweep: Sweep, point: Point, label: str) -> None:
+    """A finished point's metrics into the record, and its workspace saved as an experiment.
+    A failed save is kept as the point's error (its results stay in its workspace)."""
+    where = root / point.workspace
+    point.metrics = read_metrics(where, sweep.metrics)
+    wanted = sweep.experiment_name(point)
+    try:
+        name = free_name(where, wanted)
+    except ConfigError as err:
+        name, why = wanted, str(err)
+    else:
+        why = save_experiment(where, name, sweep.affected)
+    if why:
+        point.error = why
+        say(f"sweep {sweep.name}: point {label}: finished, but not saved as an experiment: {why}")
+        return
+    point.experiment, point.error = name, ""
+    kept = f" (an experiment {wanted} exists already, and is kept)" if name != wanted else ""
+    say(f"sweep {sweep.name}: point {label}: saved as experiment {name}{kept}")
+
+
+def free_name(workspace: Path, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3``... if an experiment of that name exists on any
+    baseline: one left by an earlier sweep whose record was removed, or a user's own.
+    An experiment is never overwritten, and ``dvc exp apply NAME`` stays unambiguous."""
+    refs = git(workspace, "for-each-ref", "--format=%(refname)", "refs/exps/").decode().split()
+    # refs/exps/<2 hex>/<38 hex>/NAME; refs/exps/exec/... are DVC's own, not experiments
+    taken = {ref.split("/")[-1] for ref in refs if len(ref.split("/")) == 5 and ref.split("/")[2] != "exec"}
+    candidate, number = name, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{name}-{number}"
+    return candidate
 
 
 def save_experiment(workspace: Path, name: str, stages: Sequence[str]) -> str:
@@ -31,7 +69,7 @@ def save_experiment(workspace: Path, name: str, stages: Sequence[str]) -> str:
     # Targets: only the stages the point ran; committing an upstream stage would ask for
     # its inputs (the raw data), which the workspace never linked.
     proc = subprocess.run(
-        ["dvc", "exp", "save", "--force", "--name", name, *stages],
+        ["dvc", "exp", "save", "--name", name, *stages],  # never --force: see free_name
         cwd=workspace,
         capture_output=True,
         text=True,

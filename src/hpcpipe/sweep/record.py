@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from hpcpipe.validation import ConfigError
 
 SWEEPS_DIR = Path(".hpcpipe") / "sweeps"
 RECORD_FILE = "sweep.json"
+CLAIM_FILE = "claim.json"  # who is setting the sweep up; the folder itself is the claim
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 
 
@@ -80,6 +83,36 @@ def default_name(now: float | None = None) -> str:
 
 def sweep_dir(root: Path, name: str) -> Path:
     return root / SWEEPS_DIR / name
+
+
+def claim(root: Path, name: str) -> None:
+    """Take the name: make the sweep's folder, which fails if another sweep has it.
+
+    ``mkdir`` is atomic on every filesystem a login node shares (Lustre, NFS, GPFS),
+    where ``flock`` may not be: of two ``hpcpipe sweep --name X`` at once, on one login
+    node or two, exactly one goes on; the other stops before making anything.
+    """
+    folder = sweep_dir(root, name)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        if (folder / RECORD_FILE).exists():
+            raise ConfigError(
+                f"sweep {name!r} exists; pick another --name, or see: hpcpipe sweep status {name}"
+            ) from None
+        try:
+            holder = json.loads((folder / CLAIM_FILE).read_text())
+            who = f"pid {holder['pid']} on {holder['host']}, since {time.ctime(holder['time'])}"
+        except (OSError, ValueError, KeyError, TypeError):
+            who = "another hpcpipe sweep"
+        raise ConfigError(
+            f"sweep {name!r} is being set up by {who}; pick another --name "
+            f"(if that process is gone, remove {folder} first)"
+        ) from None
+    write_json_atomically(
+        folder / CLAIM_FILE, {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    )
 
 
 def save(root: Path, sweep: Sweep) -> None:

@@ -9,9 +9,9 @@ experiment saved in it shows up in the project's ``dvc exp show``.
 Each workspace is the project's HEAD plus the project's uncommitted changes to
 tracked files (as ``dvc exp run`` takes them), the project's current ``dvc.lock``
 (so stages the sweep does not change are seen as up to date) and its own
-params.yaml with the point applied. Its ``.dvc/config.local`` points at the
-project's cache, with links before copies, so outputs reused from upstream stages
-cost a link, not a copy.
+params.yaml with the point applied. Its ``.dvc/config.local`` is the project's,
+pointed at the project's cache with links before copies, so outputs reused from
+upstream stages cost a link, not a copy.
 """
 
 from __future__ import annotations
@@ -120,13 +120,36 @@ def create(
 
 
 def finish(root: Path, workspace: Path, cache_dir: Path) -> None:
-    """Point the workspace at the project's DVC cache (links before copies) and copy the
-    project's ``dvc.lock`` in, so the stages the point reuses are seen as done."""
-    (workspace / ".dvc" / "config.local").write_text(
-        f"[cache]\n    dir = {cache_dir}\n    type = {LINK_TYPES}\n"
-    )
+    """Give the workspace the project's ``.dvc/config.local`` and ``dvc.lock``.
+
+    The config: the project's own local settings (``core.hardlink_lock`` and
+    ``cache.shared`` on Lustre, a scratch remote...), since an untracked file is not in
+    a worktree, with the cache made the project's (links before copies, unless the
+    project chose its own link types) and relative paths made absolute. The lock file:
+    so the stages the point reuses are seen as done.
+    """
+    from configobj import ConfigObj
+
+    config = ConfigObj(str(root / ".dvc" / "config.local"), encoding="utf-8")
+    for section in config.values():
+        if isinstance(section, dict):
+            _absolute_paths(section, root / ".dvc")
+    cache = config.setdefault("cache", {})
+    cache["dir"] = str(cache_dir)
+    cache.setdefault("type", LINK_TYPES)
+    config.filename = str(workspace / ".dvc" / "config.local")
+    config.write()
     if (root / "dvc.lock").exists():
         shutil.copy2(root / "dvc.lock", workspace / "dvc.lock")
+
+
+def _absolute_paths(section: dict[str, Any], config_dir: Path) -> None:
+    """DVC reads a relative path in a config file (a local remote's ``url``, a cache
+    ``dir``) against that file's folder: in the worktree it must mean the same place."""
+    for key in ("url", "dir"):
+        value = section.get(key)
+        if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
+            section[key] = str((config_dir / value).resolve())
 
 
 def discard(root: Path, workspaces: list[Path]) -> None:

@@ -1,0 +1,55 @@
+"""What a sweep shows the user: the points table, the closing summary, ``sweep status``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from hpcpipe.launch.launcher import say
+from hpcpipe.sweep import record
+from hpcpipe.sweep.grid import describe
+from hpcpipe.sweep.record import Point, Sweep
+from hpcpipe.sweep.watch import DONE, refresh
+
+EXIT_FAILED = 1
+
+
+def status(root: Path, name: str) -> int:
+    """``hpcpipe sweep status NAME``: each point now; finished ones are saved as experiments."""
+    sweep = record.load(root, name)
+    refresh(root, sweep)
+    record.save(root, sweep)
+    print(table(sweep))
+    return 0
+
+
+def table(sweep: Sweep) -> str:
+    """One row per point: its last job, state, params, the last stage's metrics, experiment."""
+    header = ("point", "job", "state", "params", "metrics", "experiment")
+    rows = [header]
+    # the last stage's metrics (evaluate's test accuracy...); all of them: dvc exp show
+    last = f"{Path(sweep.metrics[-1]).stem}." if sweep.metrics else ""
+    for p in sweep.points:
+        shown = {k.removeprefix(last): v for k, v in p.metrics.items() if k.startswith(last)}
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
+        job = p.attempts[-1].job_id if p.attempts else "-"
+        rows.append((str(p.number), job, p.state, describe(p.overrides), metrics or "-", p.experiment or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def summary(sweep: Sweep, points: Sequence[Point]) -> int:
+    """The closing lines of a waited-for sweep; its exit status (1 if any point is not saved)."""
+    done = [p for p in points if p.state == DONE and p.experiment]
+    failed = [p for p in points if p not in done]
+    say(
+        f"sweep {sweep.name}: {len(done)} of {len(points)} points saved as experiments"
+        + (f", {len(failed)} not ({', '.join(str(p.number) for p in failed)})" if failed else "")
+        + "; compare them with: dvc exp show"
+    )
+    if failed:
+        say(f"sweep {sweep.name}: rerun only those with: hpcpipe sweep resume {sweep.name}")
+        return EXIT_FAILED
+    return 0

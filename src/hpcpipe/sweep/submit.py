@@ -1,0 +1,120 @@
+"""Submitting a sweep's points, in the way its executor kind runs a job array.
+
+``backend(kind).arrays`` says which: "queued" (Slurm) is ONE ``sbatch`` of a job array
+(``--array=0-N%P``) that the scheduler paces; "paced" (local) is ``LocalPool``, which
+starts points here as slots free up. Both have the same three calls, so the code that
+drives a sweep never asks which kind it has: ``start`` (the first submission), ``fill``
+(each poll: start what may start now) and ``cancel`` (what only this process can reach).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from hpcpipe.config import Profile
+from hpcpipe.launch.executors import backend
+from hpcpipe.launch.launcher import say
+from hpcpipe.sweep import record
+from hpcpipe.sweep.record import Attempt, Point, Sweep
+
+
+class SubmitRefused(Exception):
+    """The scheduler said no (MaxArraySize, a submit limit, resources no node has): nothing
+    was queued. Its message is one line, the scheduler's own reason."""
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no reason given"
+
+
+@contextlib.contextmanager
+def _unsignalled_children() -> Iterator[None]:
+    """Subprocesses started in the block (sbatch) start with SIGINT and SIGTERM blocked
+    (a child inherits the signal mask), so the Ctrl-C the terminal sends the whole process
+    group cannot kill sbatch between queueing the array and printing its id. Only for
+    sbatch: a local job started so would never see its own cancel. Here, a signal waits
+    until the block ends, for ``drive.signals_held`` to take it.
+    """
+    signals = {signal.SIGINT, signal.SIGTERM}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+class Submitter(Protocol):
+    def start(self, points: Sequence[Point]) -> None: ...
+    def fill(self, points: Sequence[Point]) -> None: ...
+    def cancel(self) -> None: ...
+
+
+def submitter_for(root: Path, sweep: Sweep, profile: Profile) -> Submitter:
+    from hpcpipe.sweep.local_pool import LocalPool
+
+    kinds: dict[str, type] = {"queued": ArraySubmission, "paced": LocalPool}
+    return kinds[backend(profile.executor).arrays](root, sweep, profile)
+
+
+def job_folder(root: Path, name: str) -> Path:
+    return record.sweep_dir(root, name) / "jobs"
+
+
+def tuned(sweep: Sweep, profile: Profile) -> tuple[Profile, str]:
+    """The profile with one more entry: what one point's task asks for (all its stages)."""
+    from hpcpipe.launch.profiles import sweep_resources
+
+    key = f"sweep-{sweep.name}"  # becomes the job name: hpcpipe-sweep-NAME
+    resources = sweep_resources(profile, sweep.affected)
+    return dataclasses.replace(profile, stages={**profile.stages, key: resources}), key
+
+
+class ArraySubmission:
+    """ONE sbatch: a job array of the points, at most ``parallelism`` running at once."""
+
+    def __init__(self, root: Path, sweep: Sweep, profile: Profile) -> None:
+        self.root, self.sweep, self.profile = root, sweep, profile
+
+    def start(self, points: Sequence[Point]) -> None:
+        from submitit.core.utils import FailedJobError
+
+        from hpcpipe.launch.launcher import submit_array
+        from hpcpipe.sweep.task import run_point
+
+        sweep, root = self.sweep, self.root
+        tuned_profile, key = tuned(sweep, self.profile)
+        n = len(points)
+        args = [[str(root / p.workspace) for p in points], [sweep.checkout] * n, [sweep.affected] * n]
+        folder, at_once = job_folder(root, sweep.name), min(sweep.parallelism, n)
+        # submitit prints sbatch's stderr before raising it: kept here, said once, as one line
+        with contextlib.redirect_stderr(io.StringIO()) as chatter, _unsignalled_children():
+            try:
+                jobs = submit_array(root, tuned_profile, key, run_point, args, folder, at_once)
+            except (FailedJobError, OSError, subprocess.SubprocessError) as err:
+                raise SubmitRefused(f"sbatch refused the array: {last_line(str(err))}") from None
+        sys.stderr.write(chatter.getvalue())
+        now = time.time()
+        for point, job in zip(points, jobs, strict=True):
+            where = str(Path(job.paths.folder).resolve())
+            point.attempts.append(Attempt(str(job.job_id), self.profile.executor, where, now))
+            point.state = "PENDING"
+        first = str(jobs[0].job_id)
+        # submitit submits an array of one task as a plain job
+        what = f"job array {first.split('_')[0]}" if "_" in first else f"job {first}"
+        say(f"sweep {sweep.name}: {n} point(s) submitted as {what} (at most {sweep.parallelism} at once)")
+
+    def fill(self, points: Sequence[Point]) -> None:
+        """Nothing to do: the scheduler starts the array's tasks."""
+
+    def cancel(self) -> None:
+        """Nothing held here: the array's tasks are cancelled by id, like any recorded job."""

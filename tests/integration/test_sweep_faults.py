@@ -1,0 +1,235 @@
+"""Sweeps under faults (issue 13, point 9): each case on real components.
+
+The project is the tutorial example (tests/support/tutorial: plain `python src/*.py`
+stages, a whole repro in seconds), with the real `dvc` and `git` CLIs. Where Slurm is
+part of the case the array goes to the real test cluster: its refusal is a real one
+(a sweep task asking for more memory than the node has). Two things cannot be made to
+happen on demand, and are stood in for at the process boundary, by a PATH shim: a
+Ctrl-C that lands while `sbatch` runs (a shim that runs the real sbatch, then sends
+SIGINT to the sweep before printing the job id). A refused `scancel`: tests/unit/test_sweep_cancel.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpcpipe.sweep import record, workspace
+from hpcpipe.validation import ConfigError
+from tests.conftest import git, run_cli
+
+
+def experiment_params(root: Path) -> dict[str, dict]:
+    """``dvc exp show --json``: experiment name -> its params.yaml, every baseline."""
+    out = subprocess.run(
+        ["dvc", "exp", "show", "--json", "--all-commits"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = {}
+    for baseline in json.loads(out):
+        for branch in baseline.get("experiments") or []:
+            for rev in branch["revs"]:
+                found[rev["name"]] = rev["data"]["params"]["params.yaml"]["data"]
+    return found
+
+
+def worktrees(root: Path) -> int:
+    return len(git(root, "worktree", "list").splitlines())
+
+
+def shim(folder: Path, name: str, body: str) -> Path:
+    """An executable ``name`` in ``folder``, to put first on PATH."""
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(0o755)
+    return folder
+
+
+def slurm_jobs(name: str) -> dict[str, str]:
+    """Job id -> state of every job or array task called ``name`` that Slurm knows: from
+    slurmctld (squeue, which keeps ended jobs for MinJobAge) and from accounting (sacct,
+    which may lag behind a second or two)."""
+    found = {}
+    for command in (
+        ["sacct", "-n", "-P", "-X", "--name", name, "-S", "now-1hour", "-o", "JobID,State"],
+        ["squeue", "-h", "-r", "-t", "all", "--name", name, "-o", "%i|%T"],
+    ):
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        found.update(line.split("|")[:2] for line in out.splitlines() if line)
+    return found
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A sweep name no other test session on the shared cluster uses."""
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+# --------------------------------------------------------------------------- workspaces
+def test_point_workspaces_get_the_projects_config_local(tutorial_project: Path, tmp_path: Path):
+    """The project's own local DVC settings (hardlink locks and a group-shared cache on
+    Lustre, a scratch remote given relative to .dvc/) hold in every point's worktree."""
+    root = tutorial_project
+    store = tmp_path / "store"
+    (root / ".dvc" / "config.local").write_text(
+        "[core]\n    hardlink_lock = true\n    remote = scratch\n"
+        "[cache]\n    shared = group\n"
+        f"['remote \"scratch\"']\n    url = {os.path.relpath(store, root / '.dvc')}\n"
+    )
+    point = root / ".hpcpipe" / "sweeps" / "s" / "points" / "001-x"
+    git(root, "worktree", "add", "--detach", "--quiet", str(point), "HEAD")
+    cache = root / ".dvc" / "cache"
+    workspace.finish(root, point, cache)
+
+    done = subprocess.run(["dvc", "config", "--list"], cwd=point, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    config = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    assert config["core.hardlink_lock"] == "true"
+    assert config["cache.shared"] == "group"
+    assert Path(config["cache.dir"]) == cache  # the project's cache, absolute
+    url = config["remote.scratch.url"]
+    assert (point / ".dvc" / url).resolve() == store.resolve()  # the same place, seen from here
+    assert "hardlink" in config["cache.type"]
+
+
+# --------------------------------------------------------------------------- experiments
+@pytest.mark.slow
+def test_an_experiment_name_that_exists_is_never_overwritten(tutorial_project: Path):
+    """The user's own experiment `s-lr-0.1` keeps its params; the sweep's point of that
+    name is saved beside it, as `s-lr-0.1-2`, and the sweep says so."""
+    root = tutorial_project
+    mine = subprocess.run(
+        ["dvc", "exp", "run", "-q", "-n", "s-lr-0.1", "-S", "train.lr=0.3"], cwd=root, capture_output=True
+    )
+    assert mine.returncode == 0, mine.stderr
+    subprocess.run(["dvc", "checkout", "-q", "--force"], cwd=root, check=True)  # params as committed
+    done = run_cli("sweep", "-S", "train.lr=0.1", "--name", "s", cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert (
+        "saved as experiment s-lr-0.1-2 (an experiment s-lr-0.1 exists already, and is kept)" in done.stderr
+    )
+
+    found = experiment_params(root)
+    assert found["s-lr-0.1"]["train"]["lr"] == 0.3  # the user's, untouched
+    assert found["s-lr-0.1-2"]["train"]["lr"] == 0.1
+    assert record.load(root, "s").points[0].experiment == "s-lr-0.1-2"
+
+
+# --------------------------------------------------------------------------- the name
+def test_a_sweep_name_is_claimed_once(tutorial_project: Path):
+    """A second `hpcpipe sweep --name s` while the first (here on another login node) is
+    still making its worktrees stops in one line, makes nothing and removes nothing of
+    the first's. The first's claim is its folder, as `record.claim` makes it."""
+    root = tutorial_project
+    theirs = record.sweep_dir(root, "s")
+    (theirs / "points" / "001-lr-0.1").mkdir(parents=True)  # a worktree on its way
+    (theirs / "claim.json").write_text(json.dumps({"host": "login2", "pid": 4242, "time": time.time()}))
+    done = run_cli("sweep", "-S", "train.lr=0.1,0.2", "--name", "s", cwd=root)
+    assert done.returncode == 2, done.stderr
+    assert "sweep 's' is being set up by pid 4242 on login2" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert sorted(p.name for p in theirs.iterdir()) == ["claim.json", "points"]  # theirs, kept
+    assert worktrees(root) == 1
+
+
+def test_a_claim_is_taken_once_and_let_go_on_bad_input(tutorial_project: Path):
+    root = tutorial_project
+    record.claim(root, "s")
+    with pytest.raises(ConfigError, match=r"sweep 's' is being set up by pid \d+ on "):
+        record.claim(root, "s")
+    done = run_cli("sweep", "-S", "wandb.project=a,b", "--name", "t", cwd=root)  # found after the claim
+    assert done.returncode == 2 and "no stage reads wandb.project" in done.stderr, done.stderr
+    assert not record.sweep_dir(root, "t").exists()
+
+
+# --------------------------------------------------------------------------- Slurm
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_an_sbatch_refusal_is_one_line_and_removes_the_worktrees(
+    tutorial_project: Path, slurm_cluster, monkeypatch, unique_name: str
+):
+    """A real refusal: each task asks for more memory than the cluster's node has."""
+    root = tutorial_project
+    monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
+    (root / "configs" / "cluster").mkdir(parents=True)
+    (root / "configs" / "cluster" / "testcluster.yaml").write_text(
+        yaml.safe_dump({"stages": {"sweep": {"mem_gb": 4096}}})
+    )
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "a greedy sweep")
+    done = run_cli("sweep", "-S", "train.lr=0.1,0.2", "--name", unique_name, cwd=root)
+    assert done.returncode == 1, done.stderr
+    refused = [line for line in done.stderr.splitlines() if "sbatch" in line]
+    assert refused == [
+        f"hpcpipe: sweep {unique_name}: sbatch refused the array: sbatch: error: Batch job submission "
+        "failed: Requested node configuration is not available; nothing was submitted, and its "
+        "workspaces were removed"
+    ], done.stderr
+    assert "Traceback" not in done.stderr
+    assert worktrees(root) == 1 and not record.sweep_dir(root, unique_name).exists()
+    # nothing queued (accounting keeps a refused submission as a FAILED record, never run)
+    assert set(slurm_jobs(f"hpcpipe-sweep-{unique_name}").values()) <= {"FAILED"}
+    # the name is free again: the same sweep, asking for what the node has, goes on
+    (root / "configs" / "cluster" / "testcluster.yaml").unlink()
+    again = run_cli("sweep", "-S", "train.lr=0.1,0.2", "--name", unique_name, "--detach", cwd=root)
+    assert again.returncode == 0, again.stderr
+    subprocess.run(["scancel", "--name", f"hpcpipe-sweep-{unique_name}"], check=False)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_ctrl_c_during_submission_leaves_the_array_tracked_and_cancelled(
+    tutorial_project: Path, slurm_cluster, monkeypatch, tmp_path: Path, unique_name: str
+):
+    """The Ctrl-C lands after sbatch queued the array and before its id was read back
+    (the shim runs the real sbatch, then sends SIGINT to the sweep's process group, as a
+    terminal does, then prints the id)."""
+    root = tutorial_project
+    monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
+    real = shutil.which("sbatch")
+    bin_dir = shim(
+        tmp_path / "bin",
+        "sbatch",
+        # a terminal's Ctrl-C: SIGINT to the whole process group, arriving while "sbatch"
+        # has queued the array but not yet printed its id (without the fix, it dies there)
+        f'out=$("{real}" "$@") || exit $?\n(sleep 0.3; kill -INT -- -$(ps -o pgid= $$)) &\n'
+        'sleep 2\necho "$out"\n',
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["hpcpipe", "sweep", "-S", "train.lr=0.1,0.2", "--name", unique_name],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert done.returncode == 130, done.stderr
+        assert "Traceback" not in done.stderr
+        sweep = record.load(root, unique_name)
+        tracked = {p.attempts[-1].job_id for p in sweep.points if p.attempts}
+        queued = slurm_jobs(f"hpcpipe-sweep-{unique_name}")
+        arrays = {job.split("_")[0] for job in queued}
+        assert len(arrays) == 1, queued  # one sbatch
+        (array,) = arrays
+        assert tracked == {f"{array}_0", f"{array}_1"}  # the array is the record's
+        assert [p.state for p in sweep.points] == ["CANCELLED", "CANCELLED"]
+        deadline = time.monotonic() + 60
+        while any(
+            not s.startswith("CANCELLED") and s not in ("COMPLETED", "FAILED") for s in queued.values()
+        ):
+            assert time.monotonic() < deadline, queued
+            time.sleep(1)
+            queued = slurm_jobs(f"hpcpipe-sweep-{unique_name}")
+        assert all(state.startswith("CANCELLED") for state in queued.values()), queued
+    finally:
+        subprocess.run(["scancel", "--name", f"hpcpipe-sweep-{unique_name}"], check=False)
