@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcpipe.launch import completion
 from hpcpipe.launch.host_memory import tune_host_allocator
 from hpcpipe.launch.termination import TerminationWatch
 from hpcpipe.tracking.command_run import command_run
@@ -135,6 +136,8 @@ class CommandRunner:
         termination.check()  # exit 0 after SIGTERM: not done, and its checkpoint is kept
         if all(Path(job.workdir, out).exists() for out in job.outs):
             shutil.rmtree(job.checkpoint_dir, ignore_errors=True)
+            if job.context is not None:  # for a launcher that adopts the finished job
+                completion.stamp(job.workdir, job.outs, job.context.fingerprint)
         return code
 
     def checkpoint(self, job: CommandJob) -> Any:

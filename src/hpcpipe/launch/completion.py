@@ -21,6 +21,7 @@ from typing import Any
 
 from hpcpipe.files import signature, write_json_atomically
 from hpcpipe.launch.ledger import Entry
+from hpcpipe.launch.publish import Publisher
 
 
 def stamp_path(folder: Path, job_id: str) -> Path:
@@ -48,6 +49,8 @@ def stamp(workdir: str | Path, outs: Sequence[str], fingerprint: str) -> None:
 def adoptable(entry: Entry, fingerprint: str, root: Path, outs: Sequence[str]) -> bool:
     """Whether ``entry``'s job finished this very stage and nobody has touched its outputs."""
     if entry.reported or entry.fingerprint != fingerprint:
+        return False
+    if Publisher(root, entry.stage).journal.exists():  # a publication cut short: not its outputs
         return False
     try:
         record: Any = json.loads(stamp_path(Path(entry.folder), entry.job_id).read_text())

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcpipe.files import TEMP_MARK
+from hpcpipe.launch import completion
 from hpcpipe.launch.host_memory import tune_host_allocator
 from hpcpipe.launch.publish import Publisher, remove_path, remove_stale_staging, staging_path
 from hpcpipe.launch.spec import StageSpec
@@ -166,6 +167,8 @@ def _run_and_publish(
         publisher.publish(outputs, token, check=termination.check)
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)  # published: nothing left to resume
+        if context is not None:  # for a launcher that adopts the finished job
+            completion.stamp(workdir, spec.outs, context.fingerprint)
     finally:
         for tmp in staged.values():
             remove_path(tmp)

@@ -97,6 +97,10 @@ class SlurmWatch:
             while not pickle_path.exists() and time.monotonic() < deadline:
                 time.sleep(0.5)
         recorded = outcome_from_result(pickle_path, self.last.state)
+        if recorded is not None and recorded.ok and self.last.state != "COMPLETED":
+            # cancelled or out of time after the stage returned: Slurm's word wins
+            why = f"Slurm says {self.last.describe()}, although the job's result file says it finished"
+            return Outcome(False, self.last.state, why)
         if recorded is not None:
             return recorded
         return Outcome(False, self.last.state, f"Slurm state {self.last.describe()}; the job left no result")

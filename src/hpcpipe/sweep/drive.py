@@ -13,15 +13,13 @@ sent to the whole process group, from killing ``sbatch`` itself after it queued 
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from hpcpipe.config import Profile
-from hpcpipe.launch.launcher import Interrupted, SignalsAsExceptions, say
+from hpcpipe.launch.interrupts import Interrupted, SignalsAsExceptions, signals_held
+from hpcpipe.launch.launcher import say
 from hpcpipe.sweep import record
 from hpcpipe.sweep.cancel import cancel
 from hpcpipe.sweep.record import Point, Sweep
@@ -29,7 +27,7 @@ from hpcpipe.sweep.report import EXIT_FAILED, summary, table
 from hpcpipe.sweep.submit import Submitter, submitter_for
 from hpcpipe.sweep.watch import final, refresh
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "run", "signals_held"]
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "run"]
 EXIT_INTERRUPTED = 130
 
 
@@ -41,7 +39,7 @@ def run(root: Path, sweep: Sweep, profile: Profile, points: list[Point], detach:
     with SignalsAsExceptions():
         try:
             submitter = submitter_for(root, sweep, profile)
-            with signals_held():
+            with signals_held(block=False):
                 submitter.start(points)
                 record.save(root, sweep)
             if detach:
@@ -75,34 +73,9 @@ def _say_stopped(sweep: Sweep, stop: str, failures: list[str]) -> None:
 def _wait(root: Path, sweep: Sweep, profile: Profile, points: list[Point], submitter: Submitter) -> None:
     while True:
         refresh(root, sweep, points)
-        with signals_held():  # a local point started is a point recorded
+        with signals_held(block=False):  # a local point started is a point recorded
             submitter.fill(points)
             record.save(root, sweep)
         if all(final(p.state) for p in points):
             return
         time.sleep(profile.poll_s)
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGINT/SIGTERM that come during the block are raised as ``Interrupted`` after it.
-
-    If the block itself fails, the failure is what the caller sees; the signal is
-    dropped, as the command ends anyway.
-    """
-    caught: list[int] = []
-
-    def remember(signum: int, _frame: Any) -> None:
-        caught.append(signum)
-
-    old = {s: signal.signal(s, remember) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    except BaseException:
-        caught.clear()
-        raise
-    finally:
-        for signum, handler in old.items():
-            signal.signal(signum, handler)
-    if caught:
-        raise Interrupted(caught[0])

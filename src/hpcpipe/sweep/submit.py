@@ -43,7 +43,7 @@ def _unsignalled_children() -> Iterator[None]:
     (a child inherits the signal mask), so the Ctrl-C the terminal sends the whole process
     group cannot kill sbatch between queueing the array and printing its id. Only for
     sbatch: a local job started so would never see its own cancel. Here, a signal waits
-    until the block ends, for ``drive.signals_held`` to take it.
+    until the block ends, for ``interrupts.signals_held`` to take it.
     """
     signals = {signal.SIGINT, signal.SIGTERM}
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
