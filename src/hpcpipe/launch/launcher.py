@@ -207,6 +207,9 @@ def launch(work: Work, profile: Profile, root: Path) -> int:
             watcher = watcher or kind.watch(job)
             _follow(job, watcher, profile.poll_s, started, work.name)
             status = _report(job, watcher.outcome(), work, root, time.monotonic() - started)
+        except Unrecorded as err:
+            say(str(err))
+            return EXIT_FAILED
         except Interrupted as stop:
             if job is None and kind.runs_in_this_process:
                 say(
@@ -253,11 +256,15 @@ def _submit_recorded(root: Path, profile: Profile, work: Work, kind: Backend) ->
     except OSError as err:
         problem = _cancel(kind.watch(job))
         fate = f"cancelled job {job.job_id}" if problem is None else f"and {problem}"
-        raise ConfigError(
+        raise Unrecorded(
             f"{work.name}: cannot record job {job.job_id} in {ledger_for(root, profile).folder} ({err}); "
             f"{fate} rather than leave it running untracked"
         ) from None
     return job
+
+
+class Unrecorded(ConfigError):
+    """A job was submitted but could not be put in the ledger (and was cancelled)."""
 
 
 def _cancel(watcher: Any) -> str | None:
