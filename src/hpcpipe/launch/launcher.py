@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 from hpcpipe.config import Profile
 from hpcpipe.launch import completion
-from hpcpipe.launch.checks import account_problem
+from hpcpipe.launch.checks import account_problem, write_access_problem
 from hpcpipe.launch.claim import claimed
 from hpcpipe.launch.command_job import EXIT_MARK, exit_status_from
 from hpcpipe.launch.executors import Backend, backend
@@ -319,6 +319,7 @@ def _abandon(job: Any, watcher: Any, work: Work, err: Exception) -> int:
 
 def submit(root: Path, profile: Profile, name: str, function: Any, args: tuple[Any, ...], fp: str) -> Any:
     """The one submit path of a single job (a stage, the --detach driver)."""
+    _refuse_open_project(root, profile)
     return _submit_recorded(root, profile, Work(name, fp, function, args, ()), backend(profile.executor))
 
 
@@ -332,12 +333,21 @@ def submit_array(
     at_once: int,
 ) -> list[Any]:
     """The same path for a job array (a sweep): ONE sbatch, at most ``at_once`` tasks running."""
+    _refuse_open_project(root, profile)
     private_folder(folder, root)
     executor = prepared_executor(profile, name, folder)
     executor.update_parameters(array_parallelism=at_once)
     jobs = executor.map_array(function, *arg_lists)
     ledger_for(root, profile).put(ledger_entry(name, jobs[0], profile, "", folder))
     return jobs
+
+
+def _refuse_open_project(root: Path, profile: Profile) -> None:
+    """Code another user can write would run as you on the nodes (``hpcpipe run`` checks
+    this itself, before it resolves the stage)."""
+    problem = write_access_problem(root, profile)
+    if problem:
+        raise ConfigError(problem)
 
 
 def prepared_executor(profile: Profile, name: str, folder: Path) -> Any:
