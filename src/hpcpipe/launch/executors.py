@@ -79,7 +79,7 @@ class Backend:
     # variables (SLURM_MEM_PER_NODE, SLURM_CPUS_PER_TASK, ...): sbatch would apply them.
     strips_slurm_env = False
 
-    def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
+    def executor(self, profile: Profile, stage: str, folder: Path, requeue: bool = False) -> Any:
         raise NotImplementedError
 
     def watch(self, job: Any) -> LocalWatch | SlurmWatch:
@@ -104,11 +104,11 @@ class SlurmBackend(Backend):
     kind = "slurm"
     strips_slurm_env = True
 
-    def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
+    def executor(self, profile: Profile, stage: str, folder: Path, requeue: bool = False) -> Any:
         import submitit  # here, not at module level: `hpcpipe --help` and config errors stay fast
 
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_timeouts)
-        executor.update_parameters(**executor_parameters(profile, stage))
+        executor.update_parameters(**executor_parameters(profile, stage, requeue))
         return executor
 
     def watch(self, job: Any) -> SlurmWatch:
@@ -152,11 +152,11 @@ class LocalBackend(Backend):
 
     kind = "local"
 
-    def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
+    def executor(self, profile: Profile, stage: str, folder: Path, requeue: bool = False) -> Any:
         import submitit
 
         executor = submitit.LocalExecutor(folder=folder, max_num_timeout=profile.max_timeouts)
-        executor.update_parameters(**executor_parameters(profile, stage))
+        executor.update_parameters(**executor_parameters(profile, stage, requeue))
         return executor
 
     def state(self, job_id: str, folder: Path) -> JobState:
@@ -176,7 +176,7 @@ class LocalBackend(Backend):
 class InlineBackend(Backend):
     kind = "inline"
 
-    def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
+    def executor(self, profile: Profile, stage: str, folder: Path, requeue: bool = False) -> Any:
         return InlineExecutor()
 
 
@@ -187,6 +187,7 @@ def backend(kind: str) -> Backend:
     return BACKENDS[kind]
 
 
-def make_executor(profile: Profile, stage: str, folder: Path) -> Any:
-    """An executor for ``stage`` with the profile's resources applied."""
-    return backend(profile.executor).executor(profile, stage, folder)
+def make_executor(profile: Profile, stage: str, folder: Path, requeue: bool = False) -> Any:
+    """An executor for ``stage`` with the profile's resources applied (``requeue``: see
+    ``profiles.executor_parameters``)."""
+    return backend(profile.executor).executor(profile, stage, folder, requeue)

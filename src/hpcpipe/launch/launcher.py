@@ -31,6 +31,7 @@ from hpcpipe.launch.checks import account_problem
 from hpcpipe.launch.command_job import EXIT_MARK, exit_status_from
 from hpcpipe.launch.executors import backend
 from hpcpipe.launch.ledger import Entry, Ledger, file_safe
+from hpcpipe.launch.profiles import resumable
 from hpcpipe.launch.watch import Outcome
 from hpcpipe.tracking.context import RunContext
 from hpcpipe.validation import ConfigError
@@ -210,7 +211,7 @@ def launch(work: Work, profile: Profile, root: Path) -> int:
 def submit(root: Path, profile: Profile, name: str, function: Any, args: tuple[Any, ...], fp: str) -> Any:
     """The one submit path of a single job (a stage, the --detach driver)."""
     folder = job_folder(root, profile, name)
-    job = prepared_executor(profile, name, folder).submit(function, *args)
+    job = prepared_executor(profile, name, folder, requeue=resumable(function)).submit(function, *args)
     ledger_for(root, profile).put(ledger_entry(name, job, profile, fp, folder))
     return job
 
@@ -226,23 +227,24 @@ def submit_array(
 ) -> list[Any]:
     """The same path for a job array (a sweep): ONE sbatch, at most ``at_once`` tasks running."""
     private_folder(folder, root)
-    executor = prepared_executor(profile, name, folder)
+    executor = prepared_executor(profile, name, folder, requeue=resumable(function))
     executor.update_parameters(array_parallelism=at_once)
     jobs = executor.map_array(function, *arg_lists)
     ledger_for(root, profile).put(ledger_entry(name, jobs[0], profile, "", folder))
     return jobs
 
 
-def prepared_executor(profile: Profile, name: str, folder: Path) -> Any:
+def prepared_executor(profile: Profile, name: str, folder: Path, requeue: bool = False) -> Any:
     """What every submission goes through: the site's account check, the executor with the
-    profile's resources for ``name``, and no SLURM_* variables inherited from an allocation."""
+    profile's resources for ``name`` (and ``--requeue`` for a resumable job), and no SLURM_*
+    variables inherited from an allocation."""
     problem = account_problem(profile, os.environ)
     if problem:
         raise ConfigError(problem)
     kind = backend(profile.executor)
     if kind.strips_slurm_env:
         strip_inherited_slurm_env()
-    return kind.executor(profile, name, folder)
+    return kind.executor(profile, name, folder, requeue)
 
 
 def run_context(name: str, profile: Profile, fp: str) -> RunContext:
