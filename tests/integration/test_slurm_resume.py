@@ -32,13 +32,14 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from hpcpipe.config import load_params
-from tests.conftest import copy_project, update_params
+from tests.conftest import RawData, copy_project, update_params
 from tests.integration.test_launcher_local import wait_for
 from tests.support.slurm import second_cluster
 
@@ -63,7 +64,7 @@ TRAIN = [
 ]
 
 
-def resume_project(root: Path, project_sample) -> Path:
+def resume_project(root: Path, project_sample: RawData) -> Path:
     """The example project with its data already prepared: only train runs as a job."""
     copy_project(root, project_sample)
     update_params(root, prepare={"train_size": 0, "test_size": 0}, train=RECIPE)
@@ -76,12 +77,12 @@ def resume_project(root: Path, project_sample) -> Path:
 
 
 @pytest.fixture(scope="module")
-def resume_root(tmp_path_factory, project_sample, slurm_cluster) -> Path:
+def resume_root(tmp_path_factory, project_sample: RawData, slurm_cluster) -> Path:
     return resume_project(tmp_path_factory.mktemp("resume") / "project", project_sample)
 
 
 @pytest.fixture(scope="module")
-def no_requeue_conf(tmp_path_factory, slurm_cluster) -> Path:
+def no_requeue_conf(tmp_path_factory, slurm_cluster) -> Iterator[Path]:
     """A second test cluster started with JobRequeue=0, for this module only."""
     with second_cluster(tmp_path_factory.mktemp("tc-no-requeue"), job_requeue="0") as conf:
         out = subprocess.run(
@@ -185,7 +186,7 @@ def test_a_job_warned_of_its_time_limit_is_requeued_and_resumes_bitwise(resume_r
 
 
 def test_the_time_limit_requeue_works_where_the_site_sets_job_requeue_0(
-    tmp_path_factory, project_sample, no_requeue_conf: Path, reference
+    tmp_path_factory, project_sample: RawData, no_requeue_conf: Path, reference
 ):
     root = resume_project(tmp_path_factory.mktemp("no-requeue") / "project", project_sample)
     resumed = interrupt_after_first_epoch(root, WARNING, conf=no_requeue_conf)
