@@ -1,9 +1,11 @@
 """Shared fixtures: a throwaway copy of the example project, shrunk to run in seconds.
 
 `project` copies what DVC and the launcher need (dvc.yaml, params.yaml, configs/,
-src/ for the stages' code deps, .dvc/config) into a temp dir, `git init`s it and
-unpacks the committed CIFAR-10 sample into data/raw. `shrink` then sets params
-that make a whole repro take seconds on a CPU (few images, 1 epoch).
+src/ for the stages' code deps, .dvc/config) into a temp dir, `git init`s it, puts
+the images of `project_sample` in data/raw with the matching data/raw.dvc, and sets
+params (`SMALL`) that make a whole repro take seconds on a CPU: the 400 images
+prepare keeps (300 train, 100 test), 1 epoch. The raw folder holds exactly those,
+so no `dvc add`, fingerprint or prepare hashes or decodes images nobody uses.
 """
 
 from __future__ import annotations
@@ -11,38 +13,23 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.support import sample
 from tests.support.slurm import slurm_cluster  # noqa: F401  (a fixture, shared by the Slurm tests)
 from tests.support.tutorial_project import tutorial_project  # noqa: F401  (the second example)
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "tests" / "data" / "cifar10-sample.tar.xz"
-PROJECT_FILES = (
-    "dvc.yaml",
-    "params.yaml",
-    "configs",
-    "src",
-    ".dvc/config",
-    ".gitignore",
-    ".dvcignore",
-    "data/raw.dvc",
-)
+# data/raw.dvc is not copied: each copy gets the one of the raw folder it really has
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", ".gitignore", ".dvcignore")
 
 
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
-
-
-def unpack_sample(dest: Path) -> Path:
-    """Unpack tests/data's CIFAR-10 sample; returns the raw/ folder (train/, test/)."""
-    with tarfile.open(SAMPLE) as archive:
-        archive.extractall(dest, filter="data")
-    return dest / "raw"
 
 
 def update_params(root: Path, **sections: dict) -> None:
@@ -58,18 +45,35 @@ SMALL = {
     "prepare": {"train_size": 300, "test_size": 100},
     "train": {"epochs": 1, "batch_size": 32},
 }
+CLASSES = 10
+# what prepare keeps under SMALL, and no more: 30 train and 10 test images per class
+PER_CLASS = {split: SMALL["prepare"][f"{split}_size"] // CLASSES for split in ("train", "test")}
+
+
+@dataclass(frozen=True)
+class RawData:
+    folder: Path  # train/<class>/*.jpg, test/<class>/*.jpg
+    dvc_file: str  # the data/raw.dvc that `dvc add` writes for it
 
 
 @pytest.fixture(scope="session")
 def committed_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The CIFAR-10 sample, unpacked once per test session (read-only by convention)."""
-    return unpack_sample(tmp_path_factory.mktemp("sample"))
+    """All 12,000 images of the committed CIFAR-10 sample, unpacked once per session
+    (read-only by convention). Only for tests about the sample itself: the rest take
+    ``project_sample``."""
+    return sample.extract(tmp_path_factory.mktemp("sample"))
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, committed_sample: Path) -> Path:
-    root = tmp_path / "project"
-    root.mkdir()
+@pytest.fixture(scope="session")
+def project_sample(tmp_path_factory: pytest.TempPathFactory) -> RawData:
+    """The 400 real CIFAR-10 images the shrunk example project uses (``PER_CLASS``), and
+    their data/raw.dvc, made once per session (read-only by convention)."""
+    folder = sample.extract(tmp_path_factory.mktemp("project-sample"), PER_CLASS)
+    return RawData(folder, sample.dvc_file(folder, tmp_path_factory.mktemp("raw-dvc")))
+
+
+def copy_project(root: Path, raw: RawData) -> Path:
+    """The example project's files in ``root``, with ``raw`` as its data/raw, under git."""
     for name in PROJECT_FILES:
         src = REPO / name
         dst = root / name
@@ -78,8 +82,16 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, committed_sample: P
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(src, dst)
-    # hard links: 12,000 files in a blink; nothing in the pipeline writes to raw data
-    shutil.copytree(committed_sample, root / "data" / "raw", copy_function=os.link)
+    # hard links: nothing in the pipeline writes to raw data
+    shutil.copytree(raw.folder, root / "data" / "raw", copy_function=os.link)
+    (root / "data" / "raw.dvc").write_text(raw.dvc_file)
+    git(root, "init", "-q", "-b", "main")  # DVC (so the launcher) opens a project only inside git
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, project_sample: RawData) -> Path:
+    root = copy_project(tmp_path / "project", project_sample)
     update_params(root, **SMALL)
     env = {
         "GIT_AUTHOR_NAME": "t",
@@ -91,7 +103,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, committed_sample: P
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("HPCPIPE_CLUSTER", "local")
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    git(root, "init", "-q", "-b", "main")
     monkeypatch.chdir(root)
     return root
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, RawData
 
 pytestmark = pytest.mark.slow
 
@@ -24,10 +24,10 @@ def bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
 
 
-def test_parts_a_and_b_print_ours_baseline_and_ratio(committed_sample: Path, tmp_path: Path):
+def test_parts_a_and_b_print_ours_baseline_and_ratio(project_sample: RawData, tmp_path: Path):
     cache = tmp_path / "tensors.pt"
     run = bench(
-        "a", "b", "--data", str(committed_sample), "--cache", str(cache),
+        "a", "b", "--data", str(project_sample.folder), "--cache", str(cache),
         "--limit", "200", "--steps", "2", "--models", "tutorial",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -41,9 +41,11 @@ def test_parts_a_and_b_print_ours_baseline_and_ratio(committed_sample: Path, tmp
     assert cache.exists()
 
 
-def test_part_c_trains_both_sides_for_the_budget_and_reports_accuracy(committed_sample: Path, tmp_path: Path):
+def test_part_c_trains_both_sides_for_the_budget_and_reports_accuracy(
+    project_sample: RawData, tmp_path: Path
+):
     run = bench(
-        "c", "--data", str(committed_sample), "--cache", str(tmp_path / "tensors.pt"),
+        "c", "--data", str(project_sample.folder), "--cache", str(tmp_path / "tensors.pt"),
         "--limit", "200", "--budget", "3",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr

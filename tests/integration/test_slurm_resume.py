@@ -1,19 +1,26 @@
-"""A train job cut by Slurm resumes, and ends bitwise where an uninterrupted one ends.
+"""A train job that Slurm warns of its time limit, or requeues, resumes, and ends bitwise where an
+uninterrupted one ends.
 
-Real jobs on the one-node test cluster (slurm/testcluster), the real train stage
-through ``hpcpipe run train``: once uninterrupted (the reference), once with a
-1-minute time limit (Slurm's USR2 warning -> submitit calls ``run_resumable_stage.checkpoint``
--> ``scontrol requeue``), once requeued from outside with ``scontrol requeue`` while
-it trains (no warning: SIGTERM, then SIGKILL). Each requeued attempt resumes from the
-per-epoch checkpoint; the weights must be ``torch.equal`` to the reference's and the
-loss/accuracy history identical.
+Real jobs on the one-node test cluster (slurm/testcluster), the real train stage through
+``hpcpipe run train``: once uninterrupted (the reference); once warned of its time limit
+while it trains; once requeued from outside with ``scontrol requeue`` (no warning:
+SIGTERM, then SIGKILL). Each interrupted job must be requeued (same job id, Restarts >= 1),
+its next attempt must resume from the per-epoch checkpoint, and its weights must be
+``torch.equal`` to the reference's, its loss/accuracy history identical.
 
-How long training takes depends on the machine's load (the test cluster's node is
-this shared machine), and a time-limit cut needs a job longer than one attempt
-(~40 s of training). So the reference job doubles as the calibration: if its
-training took under a minute, the epoch count is raised to aim at 90 s and the
-reference rerun. The 1-minute profile allows 30 requeues, so a load that slows
-training several times over still finishes.
+The time-limit warning is sent by the test, as soon as the job has saved its first epoch:
+``scancel --signal=USR2 JOBID`` is what ``#SBATCH --signal=USR2@N`` makes Slurm send N
+seconds before the limit, USR2 to the processes of the job's steps. (Not ``--batch`` or
+``--full``: those also signal the batch shell, which dies of USR2 and takes the job with
+it, which Slurm's warning does not do.) submitit's handler then takes the job's
+time-limit path: with a limit under 10 minutes it counts every warning as a time-out,
+calls ``run_resumable_stage.checkpoint`` and ``scontrol requeue``s the job. Waiting for a
+real limit instead would need a run calibrated to outlast a minute of training.
+
+The warned job runs twice: on the shared test cluster, and on a second one started with
+``JobRequeue=0``, a site where a job is requeueable only if it asked to be: hpcpipe
+submits resumable stages with ``--requeue``, without which submitit's ``scontrol requeue``
+is refused there and the job dies at its limit.
 """
 
 from __future__ import annotations
@@ -23,25 +30,24 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from hpcpipe.config import load_params
-from tests.conftest import PROJECT_FILES, REPO, git, update_params
+from tests.conftest import RawData, copy_project, update_params
 from tests.integration.test_launcher_local import wait_for
+from tests.support.slurm import second_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-TRAIN_IMAGES = 1000
-RECIPE = {"model": "fast", "width": 0.25, "batch_size": 250, "lr": 0.5}
-TARGET_TRAINING_S = 90
-FIRST_GUESS_EPOCHS = 40
+# The fast recipe, narrow, on the fixture's 300 training images: about a second an epoch
+# here, so the job is still training when the test reacts to its first checkpoint.
+RECIPE = {"model": "fast", "width": 0.25, "batch_size": 50, "lr": 0.5, "epochs": 10}
 TRAIN = [
     "run",
     "train",
@@ -58,40 +64,48 @@ TRAIN = [
 ]
 
 
-@pytest.fixture(scope="module")
-def resume_project(tmp_path_factory, committed_sample: Path, slurm_cluster) -> Path:
-    """The example project with 1,000 prepared training images and a 1-minute profile."""
-    root = tmp_path_factory.mktemp("resume") / "project"
-    for name in PROJECT_FILES:
-        src, dst = REPO / name, root / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(src, dst)
-    git(root, "init", "-q", "-b", "main")  # DVC (so the launcher) opens a project only inside git
-    update_params(
-        root,
-        prepare={"train_size": TRAIN_IMAGES, "test_size": 100},
-        train={**RECIPE, "epochs": FIRST_GUESS_EPOCHS},
-    )
+def resume_project(root: Path, project_sample: RawData) -> Path:
+    """The example project with its data already prepared: only train runs as a job."""
+    copy_project(root, project_sample)
+    update_params(root, prepare={"train_size": 0, "test_size": 0}, train=RECIPE)
     from hpcpipe.stages.prepare import prepare
 
     params = load_params(root / "params.yaml")
-    params = dataclasses.replace(params, data=dataclasses.replace(params.data, path=str(committed_sample)))
-    prepare(params, prepared=root / "data" / "prepared")
-    short = {"extends": "testcluster", "defaults": {"time_min": 1}, "max_timeouts": 30}
-    (root / "configs" / "cluster" / "testcluster-1min.yaml").write_text(yaml.safe_dump(short))
+    data = dataclasses.replace(params.data, path=str(project_sample.folder))
+    prepare(dataclasses.replace(params, data=data), prepared=root / "data" / "prepared")
     return root
 
 
-def hpcpipe(root: Path, *args: str, profile: str) -> subprocess.Popen:
-    env = {**os.environ, "HPCPIPE_CLUSTER": profile}
+@pytest.fixture(scope="module")
+def resume_root(tmp_path_factory, project_sample: RawData, slurm_cluster) -> Path:
+    return resume_project(tmp_path_factory.mktemp("resume") / "project", project_sample)
+
+
+@pytest.fixture(scope="module")
+def no_requeue_conf(tmp_path_factory, slurm_cluster) -> Iterator[Path]:
+    """A second test cluster started with JobRequeue=0, for this module only."""
+    with second_cluster(tmp_path_factory.mktemp("tc-no-requeue"), job_requeue="0") as conf:
+        out = subprocess.run(
+            ["scontrol", "show", "config"], env=slurm_env(conf), capture_output=True, text=True
+        )
+        assert re.search(r"^JobRequeue\s*=\s*0$", out.stdout, re.MULTILINE), out.stdout + out.stderr
+        yield conf
+
+
+def slurm_env(conf: Path | None) -> dict[str, str]:
+    """This process's environment, for the cluster of ``conf`` (None: the shared one)."""
+    env = {**os.environ}
+    if conf is not None:
+        env["SLURM_CONF"] = str(conf)
     env.pop("SLURM_JOB_ID", None)
+    return env
+
+
+def hpcpipe(root: Path, *args: str, conf: Path | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "hpcpipe", *args],
         cwd=root,
-        env=env,
+        env={**slurm_env(conf), "HPCPIPE_CLUSTER": "testcluster"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -104,16 +118,19 @@ class Trained:
     job_id: str
     restarts: int
     stdout: str
+    stderr: str
     state_dict: dict[str, torch.Tensor]
     history: list[tuple[str, str, str, str]]  # epoch, loss, accuracy, lr: not the timings
     metrics: dict
 
 
-def finish(root: Path, launcher: subprocess.Popen, timeout: float = 1800) -> Trained:
+def finish(root: Path, launcher: subprocess.Popen, conf: Path | None = None, timeout: float = 900) -> Trained:
     out, err = launcher.communicate(timeout=timeout)
     assert launcher.returncode == 0, out + err
     (job_id,) = set(re.findall(r"train: job (\d+) submitted", err))
-    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    shown = subprocess.run(
+        ["scontrol", "show", "job", job_id], env=slurm_env(conf), capture_output=True, text=True
+    ).stdout
     restarts = int(re.search(r"Restarts=(\d+)", shown).group(1))
     with (root / "metrics" / "train_history.csv").open() as f:
         history = [tuple(row[:4]) for row in csv.reader(f)]
@@ -121,13 +138,14 @@ def finish(root: Path, launcher: subprocess.Popen, timeout: float = 1800) -> Tra
     state = torch.load(root / "models" / "model.pt", weights_only=True)["state_dict"]
     leftovers = list((root / ".hpcpipe" / "jobs" / "train").glob("checkpoint-*"))
     assert leftovers == []  # removed once the outputs were published
-    return Trained(job_id, restarts, out, state, history, metrics)
+    return Trained(job_id, restarts, out, err, state, history, metrics)
 
 
 def assert_bitwise_equal(resumed: Trained, reference: Trained) -> None:
     assert resumed.history == reference.history
-    assert {k: v for k, v in resumed.metrics.items() if k in ("train_loss", "train_accuracy", "epochs")} == {
-        k: v for k, v in reference.metrics.items() if k in ("train_loss", "train_accuracy", "epochs")
+    kept = ("train_loss", "train_accuracy", "epochs")
+    assert {k: v for k, v in resumed.metrics.items() if k in kept} == {
+        k: v for k, v in reference.metrics.items() if k in kept
     }
     assert resumed.state_dict.keys() == reference.state_dict.keys()
     unequal = [k for k, v in reference.state_dict.items() if not torch.equal(v, resumed.state_dict[k])]
@@ -135,36 +153,48 @@ def assert_bitwise_equal(resumed: Trained, reference: Trained) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(resume_project: Path) -> Trained:
-    """The uninterrupted run, with an epoch count that takes over a minute of training here."""
-    epochs = FIRST_GUESS_EPOCHS
-    for _ in range(3):
-        trained = finish(resume_project, hpcpipe(resume_project, *TRAIN, profile="testcluster"))
-        assert trained.restarts == 0 and "resuming from" not in trained.stdout
-        if trained.metrics["seconds"] >= 60:
-            return trained
-        epochs = round(epochs * TARGET_TRAINING_S / max(1.0, trained.metrics["seconds"]))
-        update_params(resume_project, train={"epochs": epochs})
-    raise AssertionError(f"training stayed under a minute: {trained.metrics}")
+def reference(resume_root: Path) -> Trained:
+    """The uninterrupted run."""
+    trained = finish(resume_root, hpcpipe(resume_root, *TRAIN))
+    assert trained.restarts == 0 and "resuming from" not in trained.stdout
+    assert len(trained.history) == RECIPE["epochs"] + 1  # header + one row per epoch
+    return trained
 
 
-def test_a_job_cut_by_its_time_limit_is_requeued_and_resumes_bitwise(resume_project: Path, reference):
-    resumed = finish(resume_project, hpcpipe(resume_project, *TRAIN, profile="testcluster-1min"))
-    assert resumed.job_id != reference.job_id
-    assert resumed.restarts >= 1, (
-        "training fit in one attempt: nothing was cut (machine faster than calibrated)"
+def interrupt_after_first_epoch(root: Path, how: list[str], conf: Path | None = None) -> Trained:
+    """Train; once the first epoch's checkpoint is saved, run ``how + [job id]``; wait for the end."""
+    launcher = hpcpipe(root, *TRAIN, conf=conf)
+    folder = root / ".hpcpipe" / "jobs" / "train"
+    wait_for(lambda: any(folder.glob("checkpoint-train-*.pt")), timeout=300)
+    ledger = json.loads((root / ".hpcpipe" / "jobs" / "ledger" / "train.json").read_text())
+    subprocess.run([*how, ledger["job_id"]], env=slurm_env(conf), check=True, capture_output=True)
+    resumed = finish(root, launcher, conf)
+    assert resumed.job_id == ledger["job_id"] and resumed.restarts >= 1, (
+        "the job was not requeued (or finished before it was interrupted)"
     )
     assert "resuming from" in resumed.stdout
+    return resumed
+
+
+WARNING = ["scancel", "--signal=USR2"]  # what Slurm sends at --signal=USR2@N before the limit
+
+
+def test_a_job_warned_of_its_time_limit_is_requeued_and_resumes_bitwise(resume_root: Path, reference):
+    resumed = interrupt_after_first_epoch(resume_root, WARNING)
+    assert "this job is timed-out" in resumed.stderr  # submitit took its time-limit path
     assert_bitwise_equal(resumed, reference)
 
 
-def test_scontrol_requeue_mid_training_resumes_bitwise(resume_project: Path, reference):
-    launcher = hpcpipe(resume_project, *TRAIN, profile="testcluster")
-    folder = resume_project / ".hpcpipe" / "jobs" / "train"
-    wait_for(lambda: any(folder.glob("checkpoint-train-*.pt")), timeout=300)  # an epoch is done
-    ledger = json.loads((resume_project / ".hpcpipe" / "jobs" / "ledger" / "train.json").read_text())
-    subprocess.run(["scontrol", "requeue", ledger["job_id"]], check=True, capture_output=True)
-    resumed = finish(resume_project, launcher)
-    assert resumed.job_id == ledger["job_id"] and resumed.restarts == 1
-    assert "resuming from" in resumed.stdout
+def test_the_time_limit_requeue_works_where_the_site_sets_job_requeue_0(
+    tmp_path_factory, project_sample: RawData, no_requeue_conf: Path, reference
+):
+    root = resume_project(tmp_path_factory.mktemp("no-requeue") / "project", project_sample)
+    resumed = interrupt_after_first_epoch(root, WARNING, conf=no_requeue_conf)
+    assert "this job is timed-out" in resumed.stderr
+    assert_bitwise_equal(resumed, reference)
+
+
+def test_scontrol_requeue_mid_training_resumes_bitwise(resume_root: Path, reference):
+    resumed = interrupt_after_first_epoch(resume_root, ["scontrol", "requeue"])
+    assert resumed.restarts == 1
     assert_bitwise_equal(resumed, reference)

@@ -1,16 +1,25 @@
-"""The real one-node Slurm test cluster for tests: a session fixture and sacct helpers.
+"""The real one-node Slurm test cluster for tests: a session fixture, a second cluster, sacct helpers.
 
 `slurm_cluster` starts slurm/testcluster/start once per session unless it is
 already running, exports SLURM_CONF, and stops the cluster at the end only if it
 started it. Without Slurm installed (slurm/testcluster/install, as root) the
 tests that use it skip, except under CI, where they fail.
+
+`second_cluster` starts another one beside it, configured otherwise (start's
+``HPCPIPE_TESTCLUSTER_*`` settings, e.g. ``JOB_REQUEUE="0"``), in its own folder and on
+its own ports, for a test that needs a site unlike the shared cluster; it stops it
+and removes its folder afterwards. Its slurmd serves a node of the same name: each
+daemon answers only its own slurmctld, so the two clusters do not see each other's
+jobs, only share the CPUs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -40,9 +49,15 @@ def run(*cmd: str | Path, check: bool = True, timeout: float = 120) -> subproces
     return proc
 
 
-def start_cluster() -> tuple[subprocess.CompletedProcess, float]:
+def start_cluster(env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
     began = time.monotonic()
-    proc = run("bash", SCRIPTS / "start", check=False, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "start")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
     return proc, time.monotonic() - began
 
 
@@ -75,6 +90,37 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         finally:
             if cluster.started:
                 run("bash", SCRIPTS / "stop", conf.parent)
+
+
+def free_port_base(first: int = 17017, step: int = 100) -> int:
+    """The first of ``first``, ``first + step``, ... whose four ports (start's slurmctld,
+    slurmd, slurmdbd, MariaDB) nothing on 127.0.0.1 listens on."""
+    for base in range(first, first + 20 * step, step):
+        taken = False
+        for port in range(base, base + 4):
+            with socket.socket() as probe:
+                taken = taken or probe.connect_ex(("127.0.0.1", port)) == 0
+        if not taken:
+            return base
+    raise AssertionError(f"no four free ports from {first} on 127.0.0.1")
+
+
+@contextlib.contextmanager
+def second_cluster(folder: Path, **settings: str) -> Iterator[Path]:
+    """Another test cluster, with start's ``HPCPIPE_TESTCLUSTER_<KEY>=value`` settings, while
+    the block runs; yields its slurm.conf (pass it as SLURM_CONF to commands meant for it).
+    Needs what ``slurm_cluster`` needs: ask for that fixture first, so a machine without
+    Slurm skips."""
+    env = {f"HPCPIPE_TESTCLUSTER_{key.upper()}": value for key, value in settings.items()}
+    env.update(HPCPIPE_TESTCLUSTER_DIR=str(folder), HPCPIPE_TESTCLUSTER_PORT=str(free_port_base()))
+    proc, _ = start_cluster(env)
+    try:
+        if proc.returncode != 0:
+            pytest.fail(f"slurm/testcluster/start ({env}) failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+        yield exported_conf(proc)
+    finally:
+        run("bash", SCRIPTS / "stop", folder, check=False)
+        shutil.rmtree(folder, ignore_errors=True)  # its accounting database: 160 MB
 
 
 def sacct_row(job_id: str, timeout_s: float = 20) -> tuple[str, str]:

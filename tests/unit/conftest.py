@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import dataclasses
-import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,8 @@ from typing import Any
 import pytest
 
 from hpcpipe.config import DataParams, EvaluateParams, Params, PrepareParams, TrainParams
+from tests.support.sample import extract
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "cifar10-sample.tar.xz"
 CIFAR10_CLASSES = (
     "airplane",
     "automobile",
@@ -57,34 +56,16 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
-def _extract(dest: Path, per_split: dict[str, int]) -> Path:
-    """Unpack the first ``per_split[split]`` images of each class; returns the raw/ folder.
-
-    Writing all 12,000 files costs ~10 s of filesystem time here; the tests need a few thousand.
-    """
-    taken: dict[tuple[str, str], int] = {}
-    with tarfile.open(SAMPLE) as archive:
-        for member in archive:
-            parts = Path(member.name).parts  # raw/<split>/<class>/<file>
-            if not member.isfile() or len(parts) != 4:
-                continue
-            key = (parts[1], parts[2])
-            if taken.get(key, 0) < per_split[parts[1]]:
-                taken[key] = taken.get(key, 0) + 1
-                archive.extract(member, dest, filter="data")
-    return dest / "raw"
-
-
 @pytest.fixture(scope="session")
 def sample_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """200 train and 50 test real CIFAR-10 JPEGs per class (2,500), from the committed sample."""
-    return _extract(tmp_path_factory.mktemp("sample"), {"train": 200, "test": 50})
+    return extract(tmp_path_factory.mktemp("sample"), {"train": 200, "test": 50})
 
 
 @pytest.fixture(scope="session")
 def mini_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """30 train and 10 test images per class (400): for tests that decode a folder repeatedly."""
-    return _extract(tmp_path_factory.mktemp("mini"), {"train": 30, "test": 10})
+    return extract(tmp_path_factory.mktemp("mini"), {"train": 30, "test": 10})
 
 
 def _params(data_path: Path, **sections: dict[str, Any]) -> Params:

@@ -6,7 +6,7 @@ import pytest
 
 from hpcpipe.cli import main
 from hpcpipe.config import TrainParams, load_profile
-from tests.conftest import update_params
+from tests.conftest import CLASSES, PER_CLASS, update_params
 
 TARGET = "hpcpipe.stages.train:train"
 TRAIN_ARGS = [
@@ -163,4 +163,5 @@ def test_fetch_reports_a_missing_data_folder_in_one_line(project, capsys):
 
 def test_fetch_counts_an_imagefolder(project, capsys):
     assert main(["fetch"]) == 0
-    assert "10000 train and 2000 test images, 10 classes" in capsys.readouterr().out
+    train, test = (PER_CLASS[split] * CLASSES for split in ("train", "test"))  # the project's raw folder
+    assert f"{train} train and {test} test images, 10 classes" in capsys.readouterr().out

@@ -114,6 +114,7 @@ def test_the_default_params_train_fast_and_bad_recipe_values_are_one_line(tmp_pa
         assert str(err.value) == message
 
 
+@pytest.mark.slow  # real training: tens of seconds on 2 cores
 def test_fast_trains_and_evaluates_through_the_stages(prepared_sample: Path, make_params, tmp_path: Path):
     # 2,000 real images, 4 epochs at a quarter of the width: a few seconds on a CPU. Chance is 10%.
     recipe = load_params(REPO / "params.yaml").train

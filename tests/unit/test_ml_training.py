@@ -66,6 +66,7 @@ def _loaders(prepared: Path) -> tuple[BatchLoader, BatchLoader, torch.Tensor]:
     return train_loader, test_loader, test.labels
 
 
+@pytest.mark.slow  # real training: tens of seconds on 2 cores
 def test_tutorial_model_learns_above_chance_on_real_images(prepared_sample: Path) -> None:
     # 2,000 real CIFAR-10 images, 4 epochs: ~3 s on 2 CPU cores. Chance is 10%.
     train_loader, test_loader, test_labels = _loaders(prepared_sample)

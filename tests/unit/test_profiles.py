@@ -100,6 +100,28 @@ def test_foreach_members_resolve_in_a_loaded_profile(tmp_path):
     assert (images.gpus, images.cpus, images.mem_gb) == (1, 2, 8)  # its own entry over the defaults
 
 
+def test_resumable_stages_ask_slurm_for_requeue():
+    """A command stage's runner and a resumable function stage are checkpointable in submitit's
+    sense, so they are submitted with ``--requeue`` (a site with JobRequeue=0 would otherwise
+    refuse submitit's ``scontrol requeue`` at the time-limit warning); other callables are not."""
+    from hpcpipe.launch.command_job import CommandRunner
+    from hpcpipe.launch.job import run_resumable_stage, run_stage
+    from hpcpipe.launch.profiles import resumable
+
+    assert resumable(CommandRunner()) and resumable(run_resumable_stage)
+    assert not resumable(run_stage) and not resumable(print)
+    assert executor_parameters(SITE, "train", requeue=True)["additional_parameters"] == {"requeue": True}
+    assert "additional_parameters" not in executor_parameters(SITE, "train")
+    assert "#SBATCH --requeue\n" in sbatch_text(SITE, "train", Path("/p"), requeue=True)
+    assert "--requeue" not in sbatch_text(SITE, "train", Path("/p"))
+    laptop = Profile(name="laptop", executor="local")  # submitit's local executor requeues by itself
+    assert executor_parameters(laptop, "train", requeue=True) == executor_parameters(laptop, "train")
+
+
+# The example's train takes a checkpoint (test_cli checks it is submitted as run_resumable_stage).
+RESUMABLE = {"train"}
+
+
 def golden_cases() -> list[tuple[str, str]]:
     slurm = [n for n in known_profiles(REPO) if load_profile(n, REPO).executor == "slurm"]
     return [(name, stage) for name in slurm for stage in ("prepare", "train", "evaluate")]
@@ -110,7 +132,8 @@ def test_sbatch_text_matches_the_golden_file(profile_name, stage, request):
     """Set HPCPIPE_UPDATE_GOLDEN=1 to rewrite the files after an intended change (then review the diff)."""
     import os
 
-    text = sbatch_text(load_profile(profile_name, REPO), stage, Path("/project/.hpcpipe/jobs") / stage)
+    folder = Path("/project/.hpcpipe/jobs") / stage
+    text = sbatch_text(load_profile(profile_name, REPO), stage, folder, requeue=stage in RESUMABLE)
     golden = GOLDEN / f"{profile_name}-{stage}.sbatch"
     if os.environ.get("HPCPIPE_UPDATE_GOLDEN"):
         golden.parent.mkdir(exist_ok=True)

@@ -54,6 +54,7 @@ def _metrics(history: list) -> list[tuple[int, float, float, float]]:
     return [(s.epoch, s.loss, s.accuracy, s.lr) for s in history]  # not the timings
 
 
+@pytest.mark.slow  # real training: tens of seconds on 2 cores
 def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(prepared_sample: Path, tmp_path: Path):
     model, loader, plan = _setup(prepared_sample, seed=0)
     whole = fit(model, loader, plan, epochs=EPOCHS, device=CPU, checkpoint=tmp_path / "whole.pt")

@@ -94,7 +94,7 @@ class Backend:
     # (not at all: the kind runs its one job in the submitting process).
     arrays = ""
 
-    def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
+    def executor(self, profile: Profile, stage: str, folder: Path, requeue: bool = False) -> Any:
         raise NotImplementedError
 
     def watch(self, job: Any) -> LocalWatch | SlurmWatch:
@@ -124,11 +124,11 @@ class SlurmBackend(Backend):
         """Blocked, so that sbatch (which inherits the mask) is not killed half-way either."""
         return signals_held(block=True)
 
-    def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
+    def executor(self, profile: Profile, stage: str, folder: Path, requeue: bool = False) -> Any:
         import submitit  # here, not at module level: `hpcpipe --help` and config errors stay fast
 
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_timeouts)
-        executor.update_parameters(**executor_parameters(profile, stage))
+        executor.update_parameters(**executor_parameters(profile, stage, requeue))
         return executor
 
     def watch(self, job: Any) -> SlurmWatch:
@@ -194,11 +194,11 @@ class LocalBackend(Backend):
     kind = "local"
     arrays = "paced"
 
-    def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
+    def executor(self, profile: Profile, stage: str, folder: Path, requeue: bool = False) -> Any:
         import submitit
 
         executor = submitit.LocalExecutor(folder=folder, max_num_timeout=profile.max_timeouts)
-        executor.update_parameters(**executor_parameters(profile, stage))
+        executor.update_parameters(**executor_parameters(profile, stage, requeue))
         return executor
 
     def state(self, job_id: str, folder: Path) -> JobState:
@@ -224,7 +224,7 @@ class InlineBackend(Backend):
         """Not held: "submitting" runs the stage itself, which Ctrl-C must stop."""
         return contextlib.nullcontext()
 
-    def executor(self, profile: Profile, stage: str, folder: Path) -> Any:
+    def executor(self, profile: Profile, stage: str, folder: Path, requeue: bool = False) -> Any:
         return InlineExecutor()
 
 
@@ -235,6 +235,7 @@ def backend(kind: str) -> Backend:
     return BACKENDS[kind]
 
 
-def make_executor(profile: Profile, stage: str, folder: Path) -> Any:
-    """An executor for ``stage`` with the profile's resources applied."""
-    return backend(profile.executor).executor(profile, stage, folder)
+def make_executor(profile: Profile, stage: str, folder: Path, requeue: bool = False) -> Any:
+    """An executor for ``stage`` with the profile's resources applied (``requeue``: see
+    ``profiles.executor_parameters``)."""
+    return backend(profile.executor).executor(profile, stage, folder, requeue)

@@ -36,6 +36,7 @@ from hpcpipe.launch.executors import Backend, backend
 from hpcpipe.launch.interrupts import Interrupted, SignalsAsExceptions, signals_noted
 from hpcpipe.launch.job_environment import withhold_secrets
 from hpcpipe.launch.ledger import Entry, Ledger, file_safe
+from hpcpipe.launch.profiles import resumable
 from hpcpipe.launch.watch import Outcome
 from hpcpipe.tracking.context import RunContext
 from hpcpipe.validation import ConfigError
@@ -250,7 +251,8 @@ def _adopt(ledger: Ledger, work: Work, profile: Profile, root: Path) -> bool:
 def _submit_recorded(root: Path, profile: Profile, work: Work, kind: Backend) -> Any:
     """Submit, and record the job in the ledger; a job that cannot be recorded is cancelled."""
     folder = job_folder(root, profile, work.name)
-    job = prepared_executor(profile, work.name, folder).submit(work.function, *work.args)
+    executor = prepared_executor(profile, work.name, folder, requeue=resumable(work.function))
+    job = executor.submit(work.function, *work.args)
     try:
         ledger_for(root, profile).put(ledger_entry(work.name, job, profile, work.fingerprint, folder))
     except OSError as err:
@@ -335,7 +337,7 @@ def submit_array(
     """The same path for a job array (a sweep): ONE sbatch, at most ``at_once`` tasks running."""
     _refuse_open_project(root, profile)
     private_folder(folder, root)
-    executor = prepared_executor(profile, name, folder)
+    executor = prepared_executor(profile, name, folder, requeue=resumable(function))
     executor.update_parameters(array_parallelism=at_once)
     jobs = executor.map_array(function, *arg_lists)
     ledger_for(root, profile).put(ledger_entry(name, jobs[0], profile, "", folder))
@@ -350,9 +352,10 @@ def _refuse_open_project(root: Path, profile: Profile) -> None:
         raise ConfigError(problem)
 
 
-def prepared_executor(profile: Profile, name: str, folder: Path) -> Any:
+def prepared_executor(profile: Profile, name: str, folder: Path, requeue: bool = False) -> Any:
     """What every submission goes through: the site's account check, the executor with the
-    profile's resources for ``name``, and no SLURM_* variables inherited from an allocation."""
+    profile's resources for ``name`` (and ``--requeue`` for a resumable job), and no SLURM_*
+    variables inherited from an allocation."""
     problem = account_problem(profile, os.environ)
     if problem:
         raise ConfigError(problem)
@@ -360,7 +363,7 @@ def prepared_executor(profile: Profile, name: str, folder: Path) -> Any:
     if kind.strips_slurm_env:
         strip_inherited_slurm_env()
     withhold_secrets(profile.export_secrets)  # no API key or password leaves the login node
-    return kind.executor(profile, name, folder)
+    return kind.executor(profile, name, folder, requeue)
 
 
 def run_context(name: str, profile: Profile, fp: str) -> RunContext:

@@ -31,8 +31,20 @@ def signal_delay_s(time_min: int) -> int:
     return max(10, min(90, time_min * 60 // 10))
 
 
-def slurm_parameters(res: Resources, stage: str) -> dict[str, Any]:
-    """``SlurmExecutor`` keywords. Unset site options are left out so the site's defaults apply."""
+def resumable(function: Any) -> bool:
+    """Whether a submitted callable resumes after a requeue: checkpointable in submitit's own
+    sense (a ``checkpoint`` method, which its warning-signal handler calls before requeueing).
+    A command stage's runner and a function stage that takes a ``checkpoint`` are."""
+    return callable(getattr(function, "checkpoint", None))
+
+
+def slurm_parameters(res: Resources, stage: str, requeue: bool = False) -> dict[str, Any]:
+    """``SlurmExecutor`` keywords. Unset site options are left out so the site's defaults apply.
+
+    ``requeue``: ``#SBATCH --requeue`` for a resumable stage. Where the site sets
+    ``JobRequeue=0`` a job is not requeueable unless it asks, so submitit's ``scontrol
+    requeue`` at the time-limit warning would fail and the job would die at its limit.
+    """
     params: dict[str, Any] = {
         "job_name": job_name(stage),
         "time": res.time_min,
@@ -52,6 +64,8 @@ def slurm_parameters(res: Resources, stage: str) -> dict[str, Any]:
             params[key] = value
     if res.setup:
         params["setup"] = list(res.setup)
+    if requeue:
+        params["additional_parameters"] = {"requeue": True}
     return params
 
 
@@ -83,17 +97,23 @@ def sweep_resources(profile: Profile, stages: Sequence[str]) -> Resources:
     )
 
 
-def executor_parameters(profile: Profile, stage: str) -> dict[str, Any]:
-    """The keywords for ``stage`` under ``profile``'s executor (empty for ``inline``)."""
+def executor_parameters(profile: Profile, stage: str, requeue: bool = False) -> dict[str, Any]:
+    """The keywords for ``stage`` under ``profile``'s executor (empty for ``inline``).
+
+    ``requeue``: the stage resumes after a requeue (see ``resumable``); only Slurm needs
+    to be told (submitit's local executor requeues a checkpointable job by itself).
+    """
     res = profile.resources(stage)
     if profile.executor == "slurm":
-        return slurm_parameters(res, stage)
+        return slurm_parameters(res, stage, requeue)
     if profile.executor == "local":
         return local_parameters(res)
     return {}
 
 
-def sbatch_text(profile: Profile, stage: str, folder: Path, command: str = "COMMAND") -> str:
+def sbatch_text(
+    profile: Profile, stage: str, folder: Path, command: str = "COMMAND", requeue: bool = False
+) -> str:
     """The sbatch script submitit would write for ``stage`` (for golden tests and ``hpcpipe cluster``).
 
     Uses submitit's own script builder, which needs no Slurm installed.
@@ -101,5 +121,5 @@ def sbatch_text(profile: Profile, stage: str, folder: Path, command: str = "COMM
     from submitit.slurm.slurm import _make_sbatch_string
 
     return _make_sbatch_string(
-        command=command, folder=folder, **slurm_parameters(profile.resources(stage), stage)
+        command=command, folder=folder, **slurm_parameters(profile.resources(stage), stage, requeue)
     )
