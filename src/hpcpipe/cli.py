@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cluster", help="cluster profile (default: $HPCPIPE_CLUSTER, else detected)")
     run.add_argument(
         "--params", default="params.yaml", help="params file with the wandb: section (default: params.yaml)"
+    )
+    run.add_argument(
+        "-v", "--verbose", action="store_true", help="also submitit's own log lines (or HPCPIPE_VERBOSE=1)"
     )
 
     cluster = sub.add_parser("cluster", help="print the resolved cluster profile")
@@ -172,7 +176,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str], command: list[str] | Non
         work = command_work(stage, command, profile, root, args.params)
     else:
         work = function_work(stage, args.fn, extra, profile, root, args.params)
-    return launch(work, profile, root)
+    return launch(work, profile, root, verbose=args.verbose or os.environ.get("HPCPIPE_VERBOSE") == "1")
 
 
 def cmd_init(args: argparse.Namespace) -> int:

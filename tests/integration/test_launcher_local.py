@@ -49,6 +49,18 @@ def test_success_streams_the_log_and_publishes(fake_stage_project, capfd):
     assert summary == {"chars": 22, "lr": 1.5}  # params.yaml's train.lr, through the stage's schema
 
 
+def test_the_terminal_shows_the_stages_output_and_one_line_per_state(fake_stage_project, capfd):
+    """submitit's own INFO lines only with -v; the end of the job is one line."""
+    assert run_fake(fake_stage_project, "write_outputs") == 0
+    out, err = capfd.readouterr()
+    ours = [line for line in err.splitlines() if line.startswith("hpcpipe: fake: job")]
+    assert ours[-1].split()[-4:-2] == ["COMPLETED", "in"], ours
+    assert not any(word in line for line in ours[:-1] for word in ("FINISHED", "COMPLETED")), ours
+    assert "submitit INFO" not in out + err and "a line on stderr" in err
+    assert main([*add_fake_stage(fake_stage_project, "write_outputs"), "-v"]) == 0
+    assert "submitit INFO (" in "".join(capfd.readouterr())
+
+
 def test_dvc_repro_runs_the_function_stage_once(fake_stage_project):
     add_fake_stage(fake_stage_project, "write_outputs")
     first = subprocess.run(["dvc", "repro", "fake"], cwd=fake_stage_project, capture_output=True, text=True)

@@ -184,12 +184,12 @@ def test_dvc_repro_runs_to_the_end_on_a_cluster_without_accounting(
     """Point 4: no slurmdbd (sacct fails): the final state comes from `squeue -t all`, and
     `dvc repro` of a function stage and a command stage after it ends, exit 0."""
     from tests.support.launch_project import add_command_stage
-    from tests.support.second_cluster import second_cluster
+    from tests.support.slurm import second_cluster
 
     add_fake_stage(fake_stage_project, "write_outputs")
     command = ["python", "fake_stages.py", "hello", "out/hello.json"]
     add_command_stage(fake_stage_project, "hello", command, outs=["out/hello.json"], deps=["out/result.txt"])
-    with second_cluster(tmp_path_factory.mktemp("tc"), ACCOUNTING="0") as conf:
+    with second_cluster(tmp_path_factory.mktemp("tc"), accounting="0") as conf:
         env = {**os.environ, "SLURM_CONF": str(conf), "HPCPIPE_CLUSTER": "testcluster"}
         assert subprocess.run(["sacct", "-n"], env=env, capture_output=True).returncode != 0
         repro = subprocess.run(

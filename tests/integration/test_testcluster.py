@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.slurm import REPO, SCRIPTS, exported_conf, run, sacct_row, start_cluster
+from tests.support.slurm import REPO, SCRIPTS, exported_conf, free_port_base, run, sacct_row, start_cluster
 
 pytestmark = pytest.mark.slurm
 
@@ -97,19 +96,6 @@ def test_testcluster_profile_runs_each_stage_on_its_partition(slurm_cluster, tmp
         "train": ("gpu", "1"),
         "evaluate": ("gpu", "1"),
     }
-
-
-def free_port_base(first: int = 16917) -> int:
-    """Four free ports in a row for a second cluster (the shared one has 16817-16820)."""
-    for base in range(first, first + 400, 10):
-        try:
-            for port in range(base, base + 4):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise AssertionError(f"no four free ports from {first}")
 
 
 def test_a_second_cluster_without_accounting_beside_the_shared_one(slurm_cluster, tmp_path_factory, tmp_path):

@@ -42,6 +42,7 @@ from hpcpipe.tracking.context import RunContext
 from hpcpipe.validation import ConfigError
 
 STDERR_TAIL_LINES = 20
+SUBMITIT_INFO = "submitit INFO ("  # how submitit's logger starts its INFO lines in a job's log
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 __all__ = ["Interrupted", "SignalsAsExceptions"]  # re-exported: the sweep runner uses them
@@ -54,6 +55,7 @@ class LogFollower:
     path: Path
     out: TextIO
     offset: int = 0
+    quiet: bool = False  # leave out submitit's INFO lines (job environment, pickle paths, "completed")
     _partial: str = field(default="", repr=False)
     # a read can end inside a multi-byte character: decode incrementally
     _decoder: codecs.IncrementalDecoder = field(
@@ -75,7 +77,8 @@ class LogFollower:
             lines.append(self._partial)
             self._partial = ""
         for line in lines:
-            self.out.write(line + "\n")
+            if not (self.quiet and line.startswith(SUBMITIT_INFO)):
+                self.out.write(line + "\n")
         self.out.flush()
 
 
@@ -182,8 +185,10 @@ def resources_digest(profile: Profile, stage: str) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def launch(work: Work, profile: Profile, root: Path) -> int:
-    """Run ``work`` under ``profile`` and return the launcher's exit status.
+def launch(work: Work, profile: Profile, root: Path, verbose: bool = False) -> int:
+    """Run ``work`` under ``profile`` and return the launcher's exit status. The terminal
+    gets the stage's own output and one line per state change; submitit's INFO lines only
+    when ``verbose``.
 
     From the moment a job exists until its outcome is reported, every way out of here
     (a signal, an exception, a broken pipe) cancels it or reports it: none leaves a job
@@ -206,7 +211,7 @@ def launch(work: Work, profile: Profile, root: Path) -> int:
                         watcher = kind.watch(job)
                     say(f"{work.name}: job {job.job_id} submitted ({profile.name}: {profile.executor})")
             watcher = watcher or kind.watch(job)
-            _follow(job, watcher, profile.poll_s, started, work.name)
+            _follow(job, watcher, profile.poll_s, started, work.name, verbose)
             status = _report(job, watcher.outcome(), work, root, time.monotonic() - started)
         except Unrecorded as err:
             say(str(err))
@@ -393,17 +398,21 @@ def ledger_entry(stage: str, job: Any, profile: Profile, fp: str, folder: Path) 
     )
 
 
-def _follow(job: Any, watcher: Any, poll_s: float, started: float, stage: str) -> None:
-    """Stream the job's logs and state changes until it is over."""
+def _follow(job: Any, watcher: Any, poll_s: float, started: float, stage: str, verbose: bool = False) -> None:
+    """Stream the job's logs and state changes until it is over; the final state is left
+    to ``_report``, so the end of a job is one line."""
     followers = []
     if job.paths is not None:
-        followers = [LogFollower(job.paths.stdout, sys.stdout), LogFollower(job.paths.stderr, sys.stderr)]
+        followers = [
+            LogFollower(job.paths.stdout, sys.stdout, quiet=not verbose),
+            LogFollower(job.paths.stderr, sys.stderr, quiet=not verbose),
+        ]
     last_state = None
     while True:
         state, finished = watcher.poll()
         for line in watcher.news():
             say(f"{stage}: {line}")
-        if state != last_state:
+        if state != last_state and not finished:
             say(f"{stage}: job {job.job_id} {state} ({time.monotonic() - started:.1f} s)")
             last_state = state
         for follower in followers:
