@@ -144,7 +144,7 @@ def test_without_slurm_the_result_file_tells_and_else_the_job_is_lost_after_a_li
     monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
     result = tmp_path / "42_0_result.pkl"
     job = SimpleNamespace(job_id="42", paths=SimpleNamespace(result_pickle=result))
-    watcher = watch.SlurmWatch(job)
+    watcher = watch.SlurmWatch(job, interval_s=0)
     assert watcher.poll() == ("UNKNOWN (no record)", False)
     monkeypatch.setattr(watch, "NO_RECORD_LIMIT_S", 0.0)
     time.sleep(0.01)
@@ -192,3 +192,26 @@ def test_a_live_local_job_is_recognised_by_its_controller(tmp_path: Path):
         assert not local_controller_alive(job.job_id)
     finally:
         job.cancel()
+
+
+def test_the_end_is_seen_from_the_result_file_and_slurm_is_asked_at_most_every_interval(
+    tmp_path, monkeypatch
+):
+    """Issue 16.1: polled every tick, the watcher stats the result file each time and asks
+    Slurm (here a shim that counts its calls) only once per interval."""
+    import submitit.core.utils as sub
+
+    calls = tmp_path / "calls"
+    running = f"echo x >> {calls}; echo '42|RUNNING|None|node1|0:07|0'"
+    shims = _slurm_shims(tmp_path / "s", running, f"echo x >> {calls}; exit 1")
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    result = tmp_path / "42_0_result.pkl"
+    watcher = watch.SlurmWatch(
+        SimpleNamespace(job_id="42", paths=SimpleNamespace(result_pickle=result)), 3600
+    )
+    for _ in range(5):
+        assert watcher.poll() == ("RUNNING on node1", False)
+    assert len(calls.read_text().split()) == 1  # one squeue for five polls
+    sub.cloudpickle_dump(("success", {}), result)
+    assert watcher.poll() == ("COMPLETED", True)  # at once, without asking Slurm
+    assert len(calls.read_text().split()) == 1

@@ -97,7 +97,8 @@ class Backend:
     def executor(self, profile: Profile, stage: str, folder: Path, requeue: bool = False) -> Any:
         raise NotImplementedError
 
-    def watch(self, job: Any) -> LocalWatch | SlurmWatch:
+    def watch(self, job: Any, poll_s: float = 2.0) -> LocalWatch | SlurmWatch:
+        """``poll_s``: how often the scheduler may be asked about the job."""
         return LocalWatch(job)
 
     def state(self, job_id: str, folder: Path) -> JobState:
@@ -131,8 +132,8 @@ class SlurmBackend(Backend):
         executor.update_parameters(**executor_parameters(profile, stage, requeue))
         return executor
 
-    def watch(self, job: Any) -> SlurmWatch:
-        return SlurmWatch(job)
+    def watch(self, job: Any, poll_s: float = 2.0) -> SlurmWatch:
+        return SlurmWatch(job, poll_s)
 
     def state(self, job_id: str, folder: Path) -> JobState:
         return slurm_state.query(job_id)

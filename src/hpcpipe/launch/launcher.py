@@ -42,6 +42,7 @@ from hpcpipe.tracking.context import RunContext
 from hpcpipe.validation import ConfigError
 
 STDERR_TAIL_LINES = 20
+RESULT_CHECK_S = 0.25  # how often the job's result file is looked at (a stat; Slurm: every poll_s)
 SUBMITIT_INFO = "submitit INFO ("  # how submitit's logger starts its INFO lines in a job's log
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -208,9 +209,9 @@ def launch(work: Work, profile: Profile, root: Path, verbose: bool = False) -> i
                 if job is None:
                     with kind.signals_while_submitting():
                         job = _submit_recorded(root, profile, work, kind)
-                        watcher = kind.watch(job)
+                        watcher = kind.watch(job, profile.poll_s)
                     say(f"{work.name}: job {job.job_id} submitted ({profile.name}: {profile.executor})")
-            watcher = watcher or kind.watch(job)
+            watcher = watcher or kind.watch(job, profile.poll_s)
             _follow(job, watcher, profile.poll_s, started, work.name, verbose)
             status = _report(job, watcher.outcome(), work, root, time.monotonic() - started)
         except Unrecorded as err:
@@ -419,7 +420,7 @@ def _follow(job: Any, watcher: Any, poll_s: float, started: float, stage: str, v
             follower.pump(final=finished)
         if finished:
             return
-        time.sleep(poll_s)
+        time.sleep(min(poll_s, RESULT_CHECK_S))
 
 
 def _report(job: Any, outcome: Outcome, work: Work, root: Path, elapsed: float) -> int:

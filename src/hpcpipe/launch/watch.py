@@ -54,13 +54,27 @@ def outcome_from_result(pickle_path: Path, state: str) -> Outcome | None:
 
 
 class SlurmWatch:
-    def __init__(self, job: Any) -> None:
+    """Polled often (``poll``): the job's own result file is looked at every time, a stat,
+    so its end is seen as soon as it is written; Slurm is asked at most every ``interval_s``
+    (the profile's poll_s), which is how a job that dies without a result is seen."""
+
+    def __init__(self, job: Any, interval_s: float = 2.0) -> None:
         self.job = job
+        self.interval_s = interval_s
         self.last = slurm_state.JobState("UNKNOWN")
         self._silent_since: float | None = None
         self._restarts = 0
+        self._asked_at = float("-inf")
 
     def poll(self) -> tuple[str, bool]:
+        ended = self._ended_by_job()
+        if ended is not None:
+            self.last = ended
+            return ended.describe(), True
+        now = time.monotonic()
+        if now - self._asked_at < self.interval_s:
+            return self.last.describe(), False
+        self._asked_at = now
         state = slurm_state.query(str(self.job.job_id))
         if state.state == "UNKNOWN":
             state = self._without_slurm(state)
@@ -68,6 +82,16 @@ class SlurmWatch:
             self._silent_since = None
         self.last = state
         return state.describe(), state.final
+
+    def _ended_by_job(self) -> slurm_state.JobState | None:
+        """The job wrote its result (submitit moves it into place whole): it is over."""
+        pickle_path = Path(self.job.paths.result_pickle)
+        if not pickle_path.exists():
+            return None
+        recorded = recorded_outcome(pickle_path)
+        if recorded is None:
+            return None
+        return slurm_state.JobState("COMPLETED" if recorded else "FAILED", reason="from its result file")
 
     def _without_slurm(self, state: slurm_state.JobState) -> slurm_state.JobState:
         """Slurm cannot say: the job's own result file can; else wait, up to a limit."""
