@@ -3,7 +3,7 @@
     hpcpipe init [--stages a,b] [--undo] wrap this project's dvc.yaml commands in `hpcpipe run`
     hpcpipe run NAME -- CMD ARGS...     run one dvc.yaml stage's command as a job (its cmd)
     hpcpipe run NAME --fn MOD:FUNC --ROLE PATH ...   run a Python function stage as a job
-    hpcpipe status                      the last job of each stage: state, node, elapsed, log
+    hpcpipe status [--sweep NAME]       the last job of each stage (or point): state, log, what it used
     hpcpipe logs STAGE [-f]             print or follow a stage's job log
     hpcpipe cancel STAGE | --all        cancel queued or running stage jobs
     hpcpipe cluster [NAME]              the resolved profile, each stage's resources, checks
@@ -61,8 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     repro.add_argument("--detach", action="store_true", help="submit dvc repro as a small CPU job and return")
     repro.add_argument("--cluster")
 
-    status = sub.add_parser("status", help="the last job of each stage: state, node, elapsed, log")
+    status = sub.add_parser(
+        "status", help="the last job of each stage: state, node, elapsed, log; what each job used"
+    )
     status.add_argument("--cluster")
+    status.add_argument("--sweep", metavar="NAME", help="a sweep's points instead (as hpcpipe sweep status)")
 
     logs = sub.add_parser("logs", help="print (or follow) the log of a stage's last job")
     logs.add_argument("stage", help="a stage name, or repro for the --detach driver")
@@ -238,10 +241,23 @@ def cmd_repro(args: argparse.Namespace, dvc_args: list[str]) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hpcpipe.launch.control import format_table, status_rows
+    from hpcpipe.launch.control import format_table, status_rows, usage_lines
+    from hpcpipe.launch.launcher import ledger_for
 
-    rows = status_rows(_ledger(args.cluster))
-    print(format_table(rows) if rows else "no jobs recorded yet (hpcpipe run or dvc repro submits them)")
+    root = Path.cwd()
+    if args.sweep:
+        from hpcpipe.sweep import report
+
+        return report.status(root, args.sweep)
+    profile = load_profile(resolve_profile_name(args.cluster), root)
+    ledger = ledger_for(root, profile)
+    rows = status_rows(ledger)
+    if not rows:
+        print("no jobs recorded yet (hpcpipe run or dvc repro submits them)")
+        return 0
+    print(format_table(rows))
+    for line in usage_lines(list(ledger.entries()), profile):
+        print(line)
     return 0
 
 

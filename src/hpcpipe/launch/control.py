@@ -1,4 +1,7 @@
-"""``hpcpipe status``, ``logs`` and ``cancel``: the stages' last jobs, from the ledger and Slurm."""
+"""``hpcpipe status``, ``logs`` and ``cancel``: the stages' last jobs, from the ledger and Slurm.
+
+``status`` also shows what each Slurm job used (``usage``: one ``sacct`` call for all of
+them) and which profile entries ask for far more than their stage used."""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from hpcpipe.cluster_profiles import Profile
+from hpcpipe.launch import usage
 from hpcpipe.launch.executors import JobState, backend
 from hpcpipe.launch.launcher import LogFollower
 from hpcpipe.launch.ledger import Entry, Ledger
@@ -35,6 +40,20 @@ def status_rows(ledger: Ledger) -> list[tuple[str, ...]]:
             )
         )
     return rows
+
+
+def usage_lines(entries: list[Entry], profile: Profile) -> list[str]:
+    """Below the table: each Slurm job's figures and advice, from one ``sacct`` call; one
+    line if this site has no accounting; nothing for local or inline jobs (no scheduler
+    accounted for them)."""
+    on_slurm = [e for e in entries if e.executor == "slurm"]
+    found = usage.query(e.job_id for e in on_slurm)
+    if found is None:
+        return [usage.UNKNOWN_HERE] if on_slurm else []
+    lines = []
+    for entry in on_slurm:
+        lines.extend(usage.lines_for(found.get(entry.job_id), profile, entry.stage))
+    return lines
 
 
 def format_table(rows: list[tuple[str, ...]]) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hpcpipe.config import Profile
-from hpcpipe.launch import completion
+from hpcpipe.launch import completion, usage
 from hpcpipe.launch.checks import account_problem, write_access_problem
 from hpcpipe.launch.claim import claimed
 from hpcpipe.launch.command_job import EXIT_MARK, exit_status_from
@@ -214,6 +214,8 @@ def launch(work: Work, profile: Profile, root: Path, verbose: bool = False) -> i
             watcher = watcher or kind.watch(job, profile.poll_s)
             _follow(job, watcher, profile.poll_s, started, work.name, verbose)
             status = _report(job, watcher.outcome(), work, root, time.monotonic() - started)
+            for line in usage.summary_lines(str(job.job_id), profile, work.name):  # what the job used
+                say(line)
         except Unrecorded as err:
             say(str(err))
             return EXIT_FAILED

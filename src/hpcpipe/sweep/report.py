@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from hpcpipe.config import load_profile
+from hpcpipe.launch import usage
 from hpcpipe.launch.launcher import say
 from hpcpipe.sweep import record
 from hpcpipe.sweep.grid import describe
@@ -20,7 +22,33 @@ def status(root: Path, name: str) -> int:
     refresh(root, sweep)
     record.save(root, sweep)
     print(table(sweep))
+    for line in usage_lines(root, sweep):
+        print(line)
     return 0
+
+
+def usage_lines(root: Path, sweep: Sweep) -> list[str]:
+    """Below the table: what each point's Slurm job used (one ``sacct`` call for the sweep's
+    arrays) and, if the points used far less than they asked, the profile entries to lower."""
+    on_slurm = [p for p in sweep.points if p.attempts and p.attempts[-1].executor == "slurm"]
+    # an array id brings every task of it: one short sacct command, however many points
+    found = usage.query(p.attempts[-1].job_id.split("_")[0] for p in on_slurm)
+    if found is None:
+        return [usage.UNKNOWN_HERE] if on_slurm else []
+    lines, used = [], []
+    for point in on_slurm:
+        job_id = point.attempts[-1].job_id
+        if job_id in found:
+            used.append(found[job_id])
+            lines.append(f"point {point.number} (job {job_id}): used {usage.describe(found[job_id])}")
+    if used and len(used) == len(on_slurm):
+        profile = load_profile(sweep.profile, root)
+        # the points ask for the profile's `sweep` entry, else for the most of their stages'
+        keys = ["sweep"] if "sweep" in profile.stages else sweep.affected
+        keys = list(dict.fromkeys(usage.profile_key(profile, k) for k in keys))
+        tip = usage.advice(used, profile, f"sweep {sweep.name}", keys)
+        lines.extend([tip] if tip else [])
+    return lines
 
 
 def table(sweep: Sweep) -> str:
