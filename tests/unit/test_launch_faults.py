@@ -215,3 +215,22 @@ def test_the_end_is_seen_from_the_result_file_and_slurm_is_asked_at_most_every_i
     sub.cloudpickle_dump(("success", {}), result)
     assert watcher.poll() == ("COMPLETED", True)  # at once, without asking Slurm
     assert len(calls.read_text().split()) == 1
+
+
+def test_a_cancel_that_times_out_or_is_refused_is_said_never_done(tmp_path: Path, monkeypatch):
+    """Issue 13.2: scancel hanging (slurmctld down) or refusing is reported as such; the
+    second Ctrl-C path and the real refusal are in tests/integration/test_slurm_faults.py."""
+    from hpcpipe.launch import launcher
+
+    folder = tmp_path / "shims"
+    folder.mkdir()
+    scancel = folder / "scancel"
+    scancel.write_text("#!/bin/sh\nsleep 5\n")
+    scancel.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(watch, "CANCEL_TIMEOUT_S", 0.5)
+    job = SimpleNamespace(job_id="42", paths=SimpleNamespace(result_pickle=tmp_path / "none.pkl"))
+    assert launcher._cancel(watch.SlurmWatch(job)) == "cancelling job 42 timed out (Slurm not answering)"
+    refusal = "scancel: error: Kill job error on job id 42: Access/permission denied"
+    scancel.write_text(f"#!/bin/sh\necho '{refusal}' >&2\nexit 1\n")
+    assert launcher._cancel(watch.SlurmWatch(job)) == f"Slurm refused to cancel job 42: {refusal}"

@@ -103,8 +103,14 @@ def test_apply_point_sets_dotted_keys_on_a_deep_copy():
 @pytest.mark.parametrize(
     ("point", "expected"),
     [
-        ({"trian.lr": 1}, r"^-S trian\.lr: unknown section 'trian'; known: data, train$"),
-        ({"train.lrr": 1}, r"^-S train\.lrr: unknown key 'lrr' in train; known: epochs, lr$"),
+        (
+            {"trian.lr": 1},
+            r"^-S trian\.lr: unknown section 'trian'; did you mean train\? known: data, train$",
+        ),
+        (
+            {"train.lrr": 1},
+            r"^-S train\.lrr: unknown key 'lrr' in train; did you mean train\.lr\? known: epochs, lr$",
+        ),
         ({"train.lr.x": 1}, r"^-S train\.lr\.x: train\.lr is a value, not a section$"),
         ({"train": 1}, r"^-S train: train is a section; set its keys instead$"),
     ],

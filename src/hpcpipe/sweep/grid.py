@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcpipe.config import read_yaml
-from hpcpipe.validation import ConfigError, build
+from hpcpipe.validation import ConfigError, build, did_you_mean
 
 GRAMMAR = "KEY=VALUE[,VALUE...], KEY=choice(VALUE,...) or KEY=range(start,stop[,step])"
 MAX_NAME = 40
@@ -130,7 +130,8 @@ def apply_point(params: Mapping[str, Any], point: Mapping[str, Any]) -> dict[str
             if part not in node:
                 kind, inside = ("key", f" in {walked}") if depth else ("section", "")
                 known = ", ".join(sorted(map(str, node))) or "none"
-                raise ConfigError(f"-S {dotted}: unknown {kind} {part!r}{inside}; known: {known}")
+                hint = did_you_mean(part, list(map(str, node)), walked)
+                raise ConfigError(f"-S {dotted}: unknown {kind} {part!r}{inside};{hint} known: {known}")
             if depth < len(parts) - 1:
                 node = node[part]
         leaf = parts[-1]
