@@ -79,6 +79,12 @@ def pip_installs(tmp_path: Path, *requirement: str, fresh: bool) -> set[str]:
     return {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
 
 
+def optional_dependencies() -> dict[str, list[str]]:
+    """pyproject.toml's extras, as written (the installed metadata may be another checkout's)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
 @pytest.mark.slow
 def test_the_toolkit_alone_installs_no_torch(tmp_path: Path):
     names = pip_installs(tmp_path, ".", fresh=True)
@@ -92,6 +98,16 @@ def test_the_cifar10_extra_brings_torch_and_torchvision(tmp_path: Path):
     assert TORCH | {"hpcpipe", "submitit", "dvc", "wandb"} <= names
 
 
+def test_dev_and_notebook_bring_the_example_extra():
+    """The README's first line (`pip install -e '.[dev]'`) runs the example, and CI's tests
+    of it need torch: dev must keep the extra, as must the notebook, which trains."""
+    extras = optional_dependencies()
+    assert {"hpcpipe[cifar10]", "hpcpipe[notebook]"} <= set(extras["dev"])
+    assert "hpcpipe[cifar10]" in extras["notebook"]
+    assert "-e '.[dev]'" in (ROOT / ".ci" / "run").read_text()
+    assert "-e '.[dev]'" in (ROOT / "README.md").read_text().splitlines()[2]
+
+
 @pytest.mark.slow
 def test_env_common_installs_the_extra_on_top_of_the_modules_torch(tmp_path: Path):
     """common.sh's venv sees the module's torch (system site packages); its install line,
@@ -101,9 +117,7 @@ def test_env_common_installs_the_extra_on_top_of_the_modules_torch(tmp_path: Pat
     extras = COMMON_INSTALL.search(common)
     assert extras, "env/common.sh no longer installs the checkout with pip install -e"
     assert "cifar10" in extras.group(1)
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    bounds = {req.name: req.specifier for req in map(Requirement, extra["cifar10"])}
+    bounds = {req.name: req.specifier for req in map(Requirement, optional_dependencies()["cifar10"])}
     assert set(bounds) == TORCH
     for name, spec in bounds.items():  # the stand-in for the module's build must meet them
         assert spec.contains(importlib.metadata.version(name), prereleases=True), (name, spec)
