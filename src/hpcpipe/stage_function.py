@@ -49,8 +49,10 @@ class Declaration:
 def stage_function(
     *, schema: Mapping[str, type] | None = None, tracked: bool = True, requires: Iterable[str] = ()
 ) -> Callable[[F], F]:
+    modules = (requires,) if isinstance(requires, str) else tuple(requires)  # requires="torch" too
+
     def mark(func: F) -> F:
-        setattr(func, ATTRIBUTE, Declaration(dict(schema or {}), tracked, tuple(requires)))
+        setattr(func, ATTRIBUTE, Declaration(dict(schema or {}), tracked, modules))
         return func
 
     return mark

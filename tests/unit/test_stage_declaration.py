@@ -84,7 +84,7 @@ def test_the_example_stages_import_without_torch_and_name_the_extra_they_require
             import_target(f"hpcpipe.stages.{target}:{target}")
 
 
-@stage_function(requires=("no_such_mod",))
+@stage_function(requires="no_such_mod")  # one name as a string: not its letters
 def needs_a_missing_module(params, *, out):
     return {}
 
