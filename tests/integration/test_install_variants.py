@@ -175,11 +175,18 @@ def test_the_toolkit_runs_a_command_pipeline_where_torch_cannot_be_imported(
         no_torch, "hpcpipe run train", "dvc repro", "-m submitit.core._submit", "src/train.py"
     )
 
-    # a function stage of the CIFAR-10 example: its module imports, its declaration requires torch
+    # a function stage of the CIFAR-10 example, valid in every other way (its params too): its
+    # module imports without torch, its declaration requires it
     target = "hpcpipe.stages.prepare:prepare"
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params |= {
+        "data": {"source": "imagefolder", "path": "images"},
+        "prepare": {"train_size": 0, "test_size": 0},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
     command = f"hpcpipe run torchy --fn {target} --prepared data/prepared"
-    pipeline["stages"]["torchy"] = {"cmd": command, "outs": ["data/prepared"]}
+    pipeline["stages"]["torchy"] = {"cmd": command, "params": ["data", "prepare"], "outs": ["data/prepared"]}
     (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     refused = run_cli(*command.split()[1:], cwd=root)
     assert refused.returncode == 2
