@@ -2,11 +2,14 @@
 # Expects the site file to have loaded its PyTorch module and set HPCPIPE_VENV.
 #
 # A venv on top of the module's PyTorch (system site packages), so pip sees the
-# module's torch as installed and never pulls a second one.
+# module's torch as installed and never pulls a second one. The toolkit itself needs
+# no torch; the `cifar10` extra is the example's (torch, torchvision), met by the
+# module's builds (tests/integration/test_install_variants.py checks that with pip's
+# own resolver). A project of your own without torch can drop the [cifar10].
 if [ ! -x "$HPCPIPE_VENV/bin/python" ]; then
     python -m venv --system-site-packages "$HPCPIPE_VENV"
     "$HPCPIPE_VENV/bin/python" -m pip install --upgrade pip
-    "$HPCPIPE_VENV/bin/python" -m pip install -e "$(git rev-parse --show-toplevel)"
+    "$HPCPIPE_VENV/bin/python" -m pip install -e "$(git rev-parse --show-toplevel)[cifar10]"
 fi
 # shellcheck disable=SC1091
 source "$HPCPIPE_VENV/bin/activate"

@@ -11,14 +11,17 @@ The launcher imports the function's module on the login node to read this
 declaration and check the params before anything is submitted, so a stage module
 should keep heavy imports (torch) inside the function body. ``schema`` maps a params
 section to a dataclass that ``hpcpipe.validation.build`` checks it against; sections
-without one reach the function as plain values. A ``checkpoint`` parameter makes the
-stage resumable (requeued at its time limit, resuming from that file). ``tracked=False``
-opens no W&B run for it.
+without one reach the function as plain values. ``requires`` names the modules the body
+imports (``("torch",)``): one that is missing stops the stage on the login node, in one
+line naming what to install, instead of failing in the job after it waited in the queue.
+A ``checkpoint`` parameter makes the stage resumable (requeued at its time limit,
+resuming from that file). ``tracked=False`` opens no W&B run for it.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import shlex
 import sys
@@ -40,14 +43,37 @@ EXTRAS = {"torch": "cifar10", "torchvision": "cifar10"}
 class Declaration:
     schema: Mapping[str, type] = field(default_factory=dict)
     tracked: bool = True
+    requires: tuple[str, ...] = ()
 
 
-def stage_function(*, schema: Mapping[str, type] | None = None, tracked: bool = True) -> Callable[[F], F]:
+def stage_function(
+    *, schema: Mapping[str, type] | None = None, tracked: bool = True, requires: Iterable[str] = ()
+) -> Callable[[F], F]:
+    modules = (requires,) if isinstance(requires, str) else tuple(requires)  # requires="torch" too
+
     def mark(func: F) -> F:
-        setattr(func, ATTRIBUTE, Declaration(dict(schema or {}), tracked))
+        setattr(func, ATTRIBUTE, Declaration(dict(schema or {}), tracked, modules))
         return func
 
     return mark
+
+
+def missing_message(target: str, module: str) -> str:
+    """The one line for a stage whose module ``module`` is not installed: the extra of
+    hpcpipe that brings it where there is one (the example's torch), else the module."""
+    if module in EXTRAS:
+        how = f"pip install 'hpcpipe[{EXTRAS[module]}]' (or module load pytorch)"
+    else:
+        how = f"install {module} in this environment"
+    return f"--fn {target}: needs {module}, which is not installed; {how}"
+
+
+def is_installed(module: str) -> bool:
+    """Whether ``import module`` can find it, without importing it (torch takes seconds)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that fails, or a broken entry in sys.modules
+        return False
 
 
 def import_target(target: str, root: str | Path | None = None) -> Any:
@@ -67,15 +93,16 @@ def import_target(target: str, root: str | Path | None = None) -> Any:
     except ModuleNotFoundError as err:
         missing = (err.name or "").partition(".")[0]
         if missing in EXTRAS:
-            raise ConfigError(
-                f"--fn {target}: needs {missing}, which is not installed; "
-                f"pip install 'hpcpipe[{EXTRAS[missing]}]' (or module load pytorch)"
-            ) from None
+            raise ConfigError(missing_message(target, missing)) from None
         raise ConfigError(f"--fn {target}: cannot import {module_name}: {err}") from None
     try:
-        return getattr(module, attr)
+        func = getattr(module, attr)
     except AttributeError:
         raise ConfigError(f"--fn {target}: {module_name} has no {attr!r}") from None
+    for required in declaration(func).requires:
+        if not is_installed(required):
+            raise ConfigError(missing_message(target, required))
+    return func
 
 
 def declaration(func: Callable[..., Any]) -> Declaration:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from dataclasses import dataclass
 
@@ -66,13 +67,36 @@ def test_a_stage_whose_module_needs_torch_names_the_extra(tmp_path, monkeypatch)
         import_target("torchy_stage:f")
 
 
-def test_the_example_stages_import_without_torch_on_the_login_node(monkeypatch):
-    """The launcher imports a --fn module to read its declaration: the example keeps torch inside."""
+def test_the_example_stages_import_without_torch_and_name_the_extra_they_require(monkeypatch):
+    """The launcher imports a --fn module to read its declaration: the example keeps torch inside,
+    and declares it (``requires``), so a venv without torch stops on the login node in one line."""
     for name in [m for m in sys.modules if m.startswith("hpcpipe.stages.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "torch", None)
     for target in ("prepare", "train", "evaluate"):
-        import_target(f"hpcpipe.stages.{target}:{target}")
+        module = importlib.import_module(f"hpcpipe.stages.{target}")
+        assert declaration(getattr(module, target)).requires == ("torch", "torchvision")
+        with pytest.raises(
+            ConfigError,
+            match=r"^--fn hpcpipe\.stages\.\w+:\w+: needs torch, which is not "
+            r"installed; pip install 'hpcpipe\[cifar10\]' \(or module load pytorch\)$",
+        ):
+            import_target(f"hpcpipe.stages.{target}:{target}")
+
+
+@stage_function(requires="no_such_mod")  # one name as a string: not its letters
+def needs_a_missing_module(params, *, out):
+    return {}
+
+
+def test_a_required_module_that_is_missing_is_one_line_naming_it():
+    with pytest.raises(
+        ConfigError,
+        match=r"^--fn tests\.unit\.test_stage_declaration:needs_a_missing_module: needs no_such_mod, "
+        r"which is not installed; install no_such_mod in this environment$",
+    ):
+        import_target("tests.unit.test_stage_declaration:needs_a_missing_module")
+    assert import_target("tests.unit.test_stage_declaration:fit").__name__ == "fit"  # nothing required
 
 
 def test_function_schemas_come_from_the_function_stages_commands():

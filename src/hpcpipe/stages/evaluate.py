@@ -20,7 +20,7 @@ from hpcpipe.config import EvaluateParams, Params
 from hpcpipe.stage_function import stage_function
 
 
-@stage_function(schema={"evaluate": EvaluateParams})
+@stage_function(schema={"evaluate": EvaluateParams}, requires=("torch", "torchvision"))
 def evaluate(
     params: Params, *, prepared: Path, model: Path, metrics: Path, confusion: Path
 ) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from hpcpipe.config import DataParams, Params, PrepareParams
 from hpcpipe.stage_function import stage_function
 
 
-@stage_function(schema={"data": DataParams, "prepare": PrepareParams}, tracked=False)
+@stage_function(
+    schema={"data": DataParams, "prepare": PrepareParams}, tracked=False, requires=("torch", "torchvision")
+)
 def prepare(params: Params, *, prepared: Path) -> dict[str, int]:
     # in the job, not on the login node (see hpcpipe.stage_function)
     from hpcpipe.ml.data import Dataset, load_source, save_prepared, stratified_subset

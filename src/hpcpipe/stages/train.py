@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "lr", "images_per_s")
 
 
-@stage_function(schema={"train": TrainParams})
+@stage_function(schema={"train": TrainParams}, requires=("torch", "torchvision"))
 def train(
     params: Params,
     *,
