@@ -290,6 +290,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     """Download (cifar10) or check (imagefolder) the raw data on a machine with internet,
     typically a login node, so that jobs on offline compute nodes find it in place."""
     params = load_params(Path.cwd() / args.params)
+    from hpcpipe.stage_function import EXTRAS, is_installed
+
+    missing = [module for module in EXTRAS if not is_installed(module)]
+    if missing:  # the example's data code needs torch (hpcpipe.ml)
+        raise ConfigError(
+            f"hpcpipe fetch: needs {missing[0]}, which is not installed; "
+            f"pip install 'hpcpipe[{EXTRAS[missing[0]]}]' (or module load pytorch)"
+        )
     from hpcpipe.ml.data import DataSourceError, load_source
 
     try:
