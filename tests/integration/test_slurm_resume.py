@@ -165,7 +165,15 @@ def interrupt_after_first_epoch(root: Path, how: list[str], conf: Path | None = 
     """Train; once the first epoch's checkpoint is saved, run ``how + [job id]``; wait for the end."""
     launcher = hpcpipe(root, *TRAIN, conf=conf)
     folder = root / ".hpcpipe" / "jobs" / "train"
-    wait_for(lambda: any(folder.glob("checkpoint-train-*.pt")), timeout=300)
+    try:
+        wait_for(
+            lambda: any(folder.glob("checkpoint-train-*.pt")) or launcher.poll() is not None, timeout=300
+        )
+    finally:
+        if launcher.poll() is not None or not any(folder.glob("checkpoint-train-*.pt")):
+            launcher.kill()
+            _, err = launcher.communicate()
+            raise AssertionError(f"no checkpoint appeared (launcher exit {launcher.returncode}):\n{err}")
     ledger = json.loads((root / ".hpcpipe" / "jobs" / "ledger" / "train.json").read_text())
     subprocess.run([*how, ledger["job_id"]], env=slurm_env(conf), check=True, capture_output=True)
     resumed = finish(root, launcher, conf)

@@ -346,7 +346,10 @@ def test_a_sweep_comes_back_as_one_dvc_experiment_per_point(tutorial_project: Pa
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("train.lrr=1", "point 1 (train.lrr=1): -S train.lrr: unknown key 'lrr' in train; known: "),
+        (
+            "train.lrr=1",
+            "point 1 (train.lrr=1): -S train.lrr: unknown key 'lrr' in train; did you mean train.lr? known: ",
+        ),
         (
             "train.epochs=1.5",
             "point 1 (train.epochs=1.5): params.yaml: train.epochs: "

@@ -212,6 +212,9 @@ def test_the_end_is_seen_from_the_result_file_and_slurm_is_asked_at_most_every_i
     for _ in range(5):
         assert watcher.poll() == ("RUNNING on node1", False)
     assert len(calls.read_text().split()) == 1  # one squeue for five polls
+    # an attempt killed to be requeued writes a failure first: that is not the end
+    sub.cloudpickle_dump(("error", "CommandFailed: command exited with status 143"), result)
+    assert watcher.poll() == ("RUNNING on node1", False)
     sub.cloudpickle_dump(("success", {}), result)
     assert watcher.poll() == ("COMPLETED", True)  # at once, without asking Slurm
     assert len(calls.read_text().split()) == 1

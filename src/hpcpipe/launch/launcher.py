@@ -147,6 +147,8 @@ def _reattach(ledger: Ledger, work: Work, profile: Profile) -> Any:
     entry = ledger.get(work.name)
     if entry is None or entry.executor != profile.executor:
         return None
+    if entry.reported:  # its launcher saw it end (Slurm may still show it RUNNING for a moment)
+        return None
     live = backend(entry.executor).reattach(entry.job_id, Path(entry.folder))
     if live is None:
         return None

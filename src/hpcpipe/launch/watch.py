@@ -84,14 +84,16 @@ class SlurmWatch:
         return state.describe(), state.final
 
     def _ended_by_job(self) -> slurm_state.JobState | None:
-        """The job wrote its result (submitit moves it into place whole): it is over."""
+        """The job wrote that it succeeded (submitit moves its result into place whole): it
+        is over. A failure is not taken on its word: an attempt that Slurm kills to requeue
+        it (``scontrol requeue``, preemption) also writes one before the next attempt runs,
+        so a failure waits for Slurm to say the job is over."""
         pickle_path = Path(self.job.paths.result_pickle)
         if not pickle_path.exists():
             return None
-        recorded = recorded_outcome(pickle_path)
-        if recorded is None:
-            return None
-        return slurm_state.JobState("COMPLETED" if recorded else "FAILED", reason="from its result file")
+        if recorded_outcome(pickle_path):
+            return slurm_state.JobState("COMPLETED", reason="from its result file")
+        return None
 
     def _without_slurm(self, state: slurm_state.JobState) -> slurm_state.JobState:
         """Slurm cannot say: the job's own result file can; else wait, up to a limit."""
