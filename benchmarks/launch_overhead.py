@@ -12,8 +12,10 @@ process, the stage looked up through DVC's own parser):
   b2. bare submitit running the same command (submitit.helpers.CommandFunction)
   c. `sbatch --wait --wrap true`
   d. launcher start -> the sbatch call (a shim on PATH records when sbatch starts), per
-     kind, after a params edit (as when `dvc repro` runs a stage: DVC's parser is asked);
-     d3/d4 the same stage relaunched unchanged (DVC's answer kept, launch.stage_memo)
+     kind, after a params edit (as when `dvc repro` reruns a stage: DVC's last answer
+     brought up to date without DVC, launch.stage_memo); d3/d4 the same stage relaunched
+     unchanged; d5 after an edit of its code (a small dep file); d6 after an edit of
+     dvc.yaml, when DVC's parser is asked again (imported and run)
   e. a job killed on its node (SIGKILL of the stage's process) -> the launcher's exit
 Ratios: a/b and a/c. Targets (issues 3, 12): a - b <= 0.5 s, a2 - b2 <= 0.5 s, d <= 0.5 s, e <= 10 s.
 Prints a Markdown block to paste into benchmarks/RESULTS.md.
@@ -100,7 +102,7 @@ BARE_COMMAND = textwrap.dedent(
 SHIM = textwrap.dedent(
     """\
     #!/bin/sh
-    python3 -c 'import time; print(time.time())' >> "$SBATCH_CALLS"
+    date +%s.%N >> "$SBATCH_CALLS"
     exec {real} "$@"
     """
 )
@@ -133,6 +135,16 @@ def make_project(root: Path) -> None:
 def set_lr(root: Path, value: float) -> None:
     text = (root / "params.yaml").read_text()
     (root / "params.yaml").write_text(re.sub(r"(?m)^(  lr: ).*$", rf"\g<1>{value:.4f}", text, count=1))
+
+
+def edit_code(root: Path, n: int) -> None:
+    with open(root / "bench_stages.py", "a") as f:
+        f.write(f"# edit {n}\n")
+
+
+def edit_dvc_yaml(root: Path, n: int) -> None:
+    with open(root / "dvc.yaml", "a") as f:
+        f.write(f"# edit {n}\n")
 
 
 def kill_detection(root: Path) -> float:
@@ -186,8 +198,16 @@ def measure(repeat: int) -> dict[str, float]:
         kinds = ("launcher", "command", "bare", "bare_command", "sbatch", "detect")
         runs: dict[str, list[float]] = {k: [] for k in kinds}
         runs.update(to_sbatch=[], to_sbatch_command=[], to_sbatch_again=[], to_sbatch_command_again=[])
+        runs.update(after_code_edit=[], after_dvc_yaml_edit=[])
         lr = [0.1]
-        for _ in range(repeat):
+
+        def to_sbatch(argv: list[str]) -> float:
+            calls.unlink(missing_ok=True)
+            began = time.time()
+            timed(argv, root, env=shim_env)
+            return float(calls.read_text().split()[0]) - began
+
+        for n in range(repeat):
             runs["launcher"].append(timed(FUNCTION, root))
             runs["command"].append(timed(COMMAND, root))
             runs["bare"].append(timed([sys.executable, "bare.py"], root))
@@ -201,10 +221,11 @@ def measure(repeat: int) -> dict[str, float]:
                 lr[0] += 0.001
                 set_lr(root, lr[0])
                 for suffix in ("", "_again"):
-                    calls.unlink(missing_ok=True)
-                    began = time.time()
-                    timed(argv, root, env=shim_env)
-                    runs[key + suffix].append(float(calls.read_text().split()[0]) - began)
+                    runs[key + suffix].append(to_sbatch(argv))
+            edit_code(root, n)
+            runs["after_code_edit"].append(to_sbatch(COMMAND))
+            edit_dvc_yaml(root, n)
+            runs["after_dvc_yaml_edit"].append(to_sbatch(COMMAND))
         for _ in range(max(1, repeat // 2)):
             runs["detect"].append(kill_detection(root))
     return {k: statistics.median(v) for k, v in runs.items()}
@@ -226,6 +247,8 @@ def report(med: dict[str, float], repeat: int) -> None:
     print(f"| d2. launcher start -> sbatch call, command stage | {med['to_sbatch_command']:.2f} | <= 0.5 |")
     print(f"| d3. the same, relaunched unchanged, function stage | {med['to_sbatch_again']:.2f} | |")
     print(f"| d4. the same, relaunched unchanged, command stage | {med['to_sbatch_command_again']:.2f} | |")
+    print(f"| d5. after an edit of its code (a small dep), command stage | {med['after_code_edit']:.2f} | |")
+    print(f"| d6. after a dvc.yaml edit (DVC asked), command stage | {med['after_dvc_yaml_edit']:.2f} | |")
     print(f"| e. job SIGKILLed on its node -> launcher exit | {med['detect']:.2f} | <= 10 |")
     print(f"\nratios: a/b = {med['launcher'] / med['bare']:.2f}, a/c = {med['launcher'] / med['sbatch']:.2f}")
 

@@ -96,6 +96,20 @@ def _add_tree(digest: hashlib._Hash, root: str, rel: str) -> None:
     digest.update("".join(lines).encode())
 
 
+def small_file_md5(path: str, limit: int) -> str | None:
+    """The md5 of a regular file of at most ``limit`` bytes (DVC 3's hash of a file dep),
+    or None for a larger file, a folder, a link or a missing path (those are DVC's to hash)."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError:
+        return None
+    return None if len(data) > limit else hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
 def signature(root: Path, paths: Iterable[str], files: Iterable[str] = (), version: str = "") -> str:
     """A digest that changes when any file under ``paths`` or the bytes of ``files`` change."""
     digest = hashlib.sha256(f"dvc {version}\n".encode())

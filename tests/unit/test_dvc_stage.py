@@ -184,9 +184,13 @@ def probe(root: Path, name: str = "train") -> tuple[str, str, bool]:
     return out[0], " ".join(out[1:-1]), out[-1] == "True"
 
 
-def test_dvcs_answer_is_kept_until_a_file_it_read_changes(dvc_project):
-    """The second launcher of an unchanged stage does not import DVC; an edit of dvc.yaml,
-    of a ``vars`` file, of a params file or of a dep asks DVC again, and gets its new answer."""
+def test_dvcs_answer_is_kept_and_brought_up_to_date_as_dvc_would(dvc_project):
+    """The second launcher of an unchanged stage does not import DVC. After an edit, a
+    fresh launcher either brings the memo up to date without DVC (a params value that is
+    not interpolated, a small dep file) or asks DVC (an interpolated value, a new key, a
+    folder dep, dvc.yaml); either way its answer is exactly DVC's own, asked afresh."""
+    from hpcpipe.launch.dvc_stage import _resolve
+
     (dvc_project / "vars.yaml").write_text("who: world\n")
     dvc_yaml = dvc_project / "dvc.yaml"
     dvc_yaml.write_text(
@@ -198,23 +202,40 @@ def test_dvcs_answer_is_kept_until_a_file_it_read_changes(dvc_project):
     assert first[2] and first[1].endswith("--lr 0.1 hello world")
     again = probe(dvc_project)
     assert again == (first[0], first[1], False)  # from the memo: DVC not even imported
-    edits = [
-        (dvc_project / "vars.yaml", "who: moon\n"),
-        (dvc_project / "params.yaml", "train:\n  lr: 0.2\n  epochs: 3\nevaluate:\n  batch: 10\n"),
-        (dvc_project / "other.yaml", "featurize:\n  size: 9\n  unused: 1\n"),
-        (dvc_project / "data" / "0.txt", "row 0, edited\n"),
-        (dvc_project / "code.py", "print('v2')\n"),
-        (dvc_yaml, dvc_yaml.read_text().replace("python code.py --lr", "python3 code.py --lr")),
+    params = "train:\n  lr: {lr}\n  epochs: {epochs}\nevaluate:\n  batch: 10\n"
+    edits = [  # (file, new text, DVC asked, fingerprint changes)
+        (dvc_project / "vars.yaml", "who: moon\n", True, True),  # interpolated
+        (dvc_project / "params.yaml", params.format(lr=0.2, epochs=3), True, True),  # ${train.lr}
+        (dvc_project / "params.yaml", params.format(lr=0.2, epochs=7), False, True),  # a value of `train`
+        (dvc_project / "params.yaml", params.format(lr=0.2, epochs=7) + "new: 1\n", True, False),  # a new key
+        (dvc_project / "other.yaml", "featurize:\n  size: 9\n  unused: 1\n", False, True),
+        (dvc_project / "other.yaml", "featurize:\n  size: 9\n  unused: 2\n", False, False),  # not a key
+        (dvc_project / "data" / "0.txt", "row 0, edited\n", True, True),  # in a folder dep
+        (dvc_project / "code.py", "print('v2')\n", False, True),  # a small file dep
+        (dvc_yaml, dvc_yaml.read_text().replace("python code.py --lr", "python3 code.py --lr"), True, True),
     ]
-    seen = {first[0]}
-    for path, text in edits:
+    seen = first[0]
+    for path, text, asks_dvc, moves in edits:
         path.write_text(text)
         fingerprint, cmd, imported = probe(dvc_project)
-        assert imported, f"an edit of {path.name} must ask DVC again"
-        assert fingerprint not in seen, f"an edit of {path.name} must change the fingerprint"
-        seen.add(fingerprint)
-        assert probe(dvc_project) == (fingerprint, cmd, False)
+        what = f"{path.name} <- {text!r}"
+        assert imported == asks_dvc, f"{what}: DVC asked {imported}, expected {asks_dvc}"
+        assert (fingerprint != seen) == moves, what
+        assert (fingerprint, cmd) == ((dvc := _resolve(dvc_project, "train", {})).fingerprint, dvc.cmd), what
+        seen = fingerprint
     assert cmd == "python3 code.py --lr 0.2 hello moon"
+    assert probe(dvc_project) == (seen, cmd, False)
+
+
+def test_a_foreach_member_is_refreshed_only_for_its_deps(dvc_project):
+    """A foreach member's data may add or drop members: a params edit asks DVC, a code
+    edit does not."""
+    first = probe(dvc_project, "fold@a")
+    (dvc_project / "params.yaml").write_text("train:\n  lr: 0.5\n  epochs: 3\nevaluate:\n  batch: 10\n")
+    assert probe(dvc_project, "fold@a")[2]
+    (dvc_project / "code.py").write_text("print('v3')\n")
+    fingerprint, _, imported = probe(dvc_project, "fold@a")
+    assert not imported and fingerprint != first[0]
 
 
 def test_a_remembered_stage_is_believed_only_under_its_signature(dvc_project):
@@ -231,3 +252,26 @@ def test_a_remembered_stage_is_believed_only_under_its_signature(dvc_project):
     os.utime(dvc_project / "code.py", ns=(1, 1))
     assert load_stage(dvc_project, "fold@a") == base
     assert load_stage(dvc_project, "fold", {"DVC_STAGE": "fold@b"}).name == "fold@b"  # its own entry
+
+
+def test_a_params_file_is_read_here_exactly_as_dvc_reads_it(tmp_path):
+    """YAML 1.2 through the same loader: ``1e-5`` a float, ``yes`` a string, key paths
+    into lists; a retyped value changes the file's shape, a new value does not."""
+    from dvc.dependency.param import read_param_file
+    from dvc.fs import LocalFileSystem
+
+    from hpcpipe.launch import params_files
+
+    text = "a:\n  lr: 1e-5\n  flag: yes\n  when: 2020-01-01\n  list: [1, {x: 2}]\nb: .5\n"
+    (tmp_path / "p.yaml").write_text(text)
+    keys = ["a.lr", "a.flag", "a.list.1.x", "b", "a.missing"]
+    dvc = read_param_file(LocalFileSystem(), str(tmp_path / "p.yaml"), keys, flatten=True)
+    config = params_files.load_yaml(text.encode())
+    assert params_files.select(config, keys) == dvc
+    assert dvc["a.lr"] == 1e-05 and dvc["a.flag"] == "yes"
+    assert params_files.select(config, ["a.*"]) is None  # a glob: DVC's to expand
+    assert params_files.canonical(config["a"]["when"]) is None  # a date: not refreshed here
+    assert params_files.canonical(1) != params_files.canonical(True) != params_files.canonical(1.0)
+    same = params_files.load_yaml(text.replace("lr: 1e-5", "lr: 2e-5").encode())
+    retyped = params_files.load_yaml(text.replace("lr: 1e-5", "lr: '1e-5'").encode())
+    assert params_files.shape(same) == params_files.shape(config) != params_files.shape(retyped)

@@ -24,11 +24,12 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcpipe.files import small_file_md5, write_json_atomically
 from hpcpipe.launch import stage_memo
 from hpcpipe.validation import ConfigError
 
@@ -118,40 +119,43 @@ def project_stage_names(root: Path) -> list[str]:
         raise ConfigError(f"dvc.yaml: {err}") from None
 
 
-def _hash_deps(stage: Any, root: Path) -> tuple[list[list[Any]], dict[str, Any], list[str]]:
-    """(deps with DVC's hashes, params values per file, missing deps)."""
+def _hash_deps(
+    stage: Any, root: Path, snapshot: stage_memo.Snapshot
+) -> tuple[dict[str, Any], dict[str, tuple[list[str], Any]], list[str]]:
+    """(each dep's hash, each params file's (keys, DVC's values), missing deps)."""
     from dvc.dependency.param import ParamsDependency
 
-    hashed: list[list[Any]] = []
-    params: dict[str, Any] = {}
+    hashed: dict[str, Any] = {}
+    params: dict[str, tuple[list[str], Any]] = {}
     missing: list[str] = []
     for dep in stage.deps:
+        rel = _rel(root, dep.fs_path)
         if isinstance(dep, ParamsDependency):
             try:
-                params[_rel(root, dep.fs_path)] = dep.read_params()
+                params[rel] = (list(dep.params or []), dep.read_params())
             except Exception as err:  # missing file or key: DVC's own message
                 raise ConfigError(f"stage {stage.addressing}: params: {err}") from None
             continue
         if not dep.exists:
-            missing.append(_rel(root, dep.fs_path))
+            missing.append(rel)
             continue
-        hashed.append([_rel(root, dep.fs_path), _dep_hash(dep, root)])
+        hashed[rel] = _dep_hash(dep, root, rel, snapshot.deps.get(rel))
     return hashed, params, missing
 
 
-def _dep_hash(dep: Any, root: Path) -> dict[str, Any]:
-    """DVC's hash of one dep. A folder's is remembered per signature of its files (see
-    ``hpcpipe.files``): DVC's state holds each file's hash, but it still walks, stats and
-    matches every file against .dvcignore to build the folder's (2 s for 60,000 files)."""
-    if not os.path.isdir(dep.fs_path):
+def _dep_hash(dep: Any, root: Path, rel: str, taken: str | None) -> dict[str, Any]:
+    """One dep's hash: a small file's md5 taken here (DVC 3's hash of a file, cheaper
+    than opening DVC's state; ``stage_memo`` takes it the same way), else DVC's own.
+
+    A folder's is also remembered per signature of its files (``taken``, before DVC
+    looked): DVC's state holds each file's hash, but it still walks, stats and matches
+    every file against .dvcignore to build the folder's (2 s for 60,000 files)."""
+    md5 = small_file_md5(dep.fs_path, stage_memo.SMALL_FILE)
+    if md5 is not None:
+        return {"md5": md5}
+    if taken is None or not os.path.isdir(dep.fs_path):
         return dep.get_hash().to_dict()
-    import dvc
-
-    from hpcpipe.files import signature, write_json_atomically
-
-    rel = _rel(root, dep.fs_path)
-    # taken before DVC looks: a file changed meanwhile gives a signature matching neither state
-    key = signature(root, [rel], [".dvcignore"], dvc.__version__)
+    key = hashlib.sha256(f"{stage_memo.dvc_release()}\0{taken}".encode()).hexdigest()
     memo_path = root / DEP_HASH_MEMO
     try:
         memo = json.loads(memo_path.read_text())
@@ -161,28 +165,34 @@ def _dep_hash(dep: Any, root: Path) -> dict[str, Any]:
     if isinstance(known, list) and len(known) == 2 and known[0] == key:
         return known[1]
     value = dep.get_hash().to_dict()
-    write_json_atomically(memo_path, {**(memo if isinstance(memo, dict) else {}), rel: [key, value]})
+    with contextlib.suppress(OSError):  # only a shortcut
+        write_json_atomically(memo_path, {**(memo if isinstance(memo, dict) else {}), rel: [key, value]})
     return value
 
 
-def fingerprint_of(cmd: str, deps: Sequence[Sequence[Any]], params: Mapping[str, Any]) -> str:
-    record = {"cmd": cmd, "deps": sorted(map(list, deps)), "params": params}
+def fingerprint_of(cmd: Any, deps: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+    """The stage's content: its command as DVC holds it, each dep's hash, the params values."""
+    record = {"cmd": cmd, "deps": sorted([path, value] for path, value in deps.items()), "params": params}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _parse_inputs(stage: Any, root: Path) -> list[str]:
-    """The files DVC read to resolve ``stage``: its dvc.yaml, params.yaml (DVC's default
-    ``vars``), the files its ``vars`` name, and what its global context imported."""
+def _parse_inputs(stage: Any, root: Path) -> tuple[list[str], list[str], bool]:
+    """(the files DVC read to resolve ``stage`` as text: its dvc.yaml; as data:
+    params.yaml (DVC's default ``vars``), the files its ``vars`` name and what its
+    global context imported; whether a foreach/matrix group takes members from data)."""
     from hpcpipe.config import read_yaml
 
     dvcfile = _rel(root, stage.dvcfile.path)
     folder = os.path.dirname(dvcfile) or "."
-    found = [dvcfile, os.path.normpath(os.path.join(folder, "params.yaml"))]
+    data = [os.path.join(folder, "params.yaml")]
+    from_data = True  # unknown: a params edit asks DVC
     with contextlib.suppress(Exception):  # DVC has just parsed it; any surprise only shortens the list
-        found += stage_memo.vars_files(read_yaml(root / dvcfile) or {}, folder)
+        raw = read_yaml(root / dvcfile) or {}
+        data += stage_memo.vars_files(raw, folder)
+        from_data = stage_memo.generated_from_data(raw)
     with contextlib.suppress(Exception):
-        found += [_rel(root, os.path.join(folder, p)) for p in stage.dvcfile.resolver.context.imports]
-    return [os.path.normpath(p) for p in found]
+        data += [_rel(root, os.path.join(folder, p)) for p in stage.dvcfile.resolver.context.imports]
+    return [os.path.normpath(dvcfile)], [os.path.normpath(p) for p in data], from_data
 
 
 def _from_memo(fields: Mapping[str, Any]) -> StageDef | None:
@@ -201,25 +211,41 @@ def _from_memo(fields: Mapping[str, Any]) -> StageDef | None:
         return None
 
 
+def _nested(params: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for values in params.values():
+        _nest(values, nested)
+    return nested
+
+
 def load_stage(root: Path, name: str, environ: Mapping[str, str] | None = None) -> StageDef:
     """Resolve ``name`` in the project at ``root`` and fingerprint it.
 
-    DVC's answer is kept (``stage_memo``) while no file it depended on changes, so a
-    launcher started by ``dvc repro`` right after DVC hashed the deps does not import DVC.
+    DVC's answer is kept, and brought up to date after a params edit or a small dep's
+    edit without importing DVC (``stage_memo``), so a launcher that ``dvc repro`` starts
+    right after DVC parsed and hashed everything does not ask DVC the same again.
     Raises ConfigError (one line) for an unknown name, a dvc.yaml DVC cannot parse, a
     missing params key, or a dep that does not exist (its producing stage has not run).
     """
     env = os.environ if environ is None else environ
-    remembered = stage_memo.recall(root, name, env, DVC_STAGE_ENV)
-    if remembered is not None and (found := _from_memo(remembered)) is not None:
+    recalled = stage_memo.recall(root, name, env, DVC_STAGE_ENV)
+    found = _from_memo(recalled.stage) if recalled is not None else None
+    if recalled is not None and found is not None:
+        if not recalled.changed:
+            return found
+        found = dataclasses.replace(
+            found,
+            params=_nested(recalled.params),
+            fingerprint=fingerprint_of(recalled.cmd, recalled.deps, recalled.params),
+        )
+        entry = {**recalled.entry, "stage": dataclasses.asdict(found)}
+        stage_memo.keep(root, name, env, DVC_STAGE_ENV, entry)
         return found
-    resolved, taken = _resolve(root, name, env)
-    stage_memo.remember(root, name, env, DVC_STAGE_ENV, taken, dataclasses.asdict(resolved))
-    return resolved
+    return _resolve(root, name, env)
 
 
-def _resolve(root: Path, name: str, env: Mapping[str, str]) -> tuple[StageDef, stage_memo.Taken]:
-    """Ask DVC: the stage, and the memo signature taken before its deps were hashed."""
+def _resolve(root: Path, name: str, env: Mapping[str, str]) -> StageDef:
+    """Ask DVC, and remember its answer with what it was based on."""
     from dvc.dependency.param import ParamsDependency
     from dvc.exceptions import DvcException, NotDvcRepoError
     from dvc.repo import Repo
@@ -238,25 +264,41 @@ def _resolve(root: Path, name: str, env: Mapping[str, str]) -> tuple[StageDef, s
             raise ConfigError(f"dvc.yaml: {err}") from None
         params_files = [_rel(root, d.fs_path) for d in stage.deps if isinstance(d, ParamsDependency)]
         trees = [_rel(root, d.fs_path) for d in stage.deps if not isinstance(d, ParamsDependency)]
-        taken = stage_memo.remember_signature(root, [*_parse_inputs(stage, root), *params_files], trees)
-        deps, params, missing = _hash_deps(stage, root)
+        inputs, data, from_data = _parse_inputs(stage, root)
+        snapshot = stage_memo.take(root, inputs, [*data, *params_files], trees)
+        deps, params, missing = _hash_deps(stage, root, snapshot)
         if missing:
             raise ConfigError(
                 f"stage {stage.addressing}: missing dependencies {', '.join(missing)}; "
                 "run the stages that make them first (dvc repro)"
             )
-        nested: dict[str, Any] = {}
-        for values in params.values():
-            _nest(values, nested)
+        values = {rel: found for rel, (_, found) in params.items()}
         resolved = StageDef(
             name=stage.addressing,
             cmd=stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd),
-            deps=tuple(row[0] for row in deps),
+            deps=tuple(deps),
             outs=tuple(_rel(root, out.fs_path) for out in stage.outs),
-            params=nested,
+            params=_nested(values),
             params_files=tuple(params),
-            fingerprint=fingerprint_of(stage.cmd, deps, params),
+            fingerprint=fingerprint_of(stage.cmd, deps, values),
             # the stages of its own dvc.yaml, without building DVC's whole index (a walk of the repo)
             project_stages=tuple(sorted(stage.dvcfile.stages)),
         )
-        return resolved, taken
+        tracked = {
+            os.path.normpath(_rel(root, os.path.abspath(source))): dict(keys)
+            for source, keys in (getattr(stage, "tracked_vars", None) or {}).items()
+        }
+        stage_memo.remember(
+            root,
+            name,
+            env,
+            DVC_STAGE_ENV,
+            snapshot=snapshot,
+            stage=dataclasses.asdict(resolved),
+            cmd=stage.cmd,
+            params=params,
+            tracked=tracked,
+            deps=deps,
+            refreshable=not from_data and "@" not in stage.addressing.rsplit(":", 1)[-1],
+        )
+        return resolved
