@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.integration.test_launcher_local import quoted, wait_for
-from tests.support.launch_project import add_command_stage
+from tests.support.launch_project import FAKE_OUTS, FAKE_PATHS, add_command_stage, add_stage, role_args
 from tests.support.slurm import REPO
 
 pytestmark = [pytest.mark.slurm]
@@ -41,6 +41,22 @@ def scale_project(fake_stage_project: Path, slurm_cluster) -> Path:
 
 def launch(project: Path, name: str, command: list[str], outs: list[str] = ()) -> subprocess.Popen:
     args = add_command_stage(project, name, ["python", "ranks_script.py", *command], outs=outs)
+    return subprocess.Popen(
+        ["hpcpipe", *args],
+        cwd=project,
+        env={**os.environ, "HPCPIPE_CLUSTER": "testcluster-scale"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def launch_function(project: Path, name: str, function: str) -> subprocess.Popen:
+    """Function stage ``ranks_script.FUNCTION`` on the two-task profile."""
+    args = ["run", name, "--fn", f"ranks_script:{function}", *role_args(FAKE_PATHS)]
+    stage = {"cmd": " ".join(["hpcpipe", *args]), "deps": ["source.txt", "ranks_script.py"]}
+    add_stage(project, name, {**stage, "params": ["train"], "outs": list(FAKE_OUTS)})
     return subprocess.Popen(
         ["hpcpipe", *args],
         cwd=project,
@@ -82,10 +98,19 @@ def test_a_failing_rank_stops_the_others_and_gives_the_job_its_status(scale_proj
     assert re.search(r"broken: job \d+ FAILED after .*: command exited with status 3", err), err
 
 
-def test_a_requeued_two_task_stage_resumes_every_rank_from_its_checkpoint_dir(scale_project: Path):
-    """`scontrol requeue` (no warning: SIGTERM to every task) after both ranks saved: the whole
-    allocation comes back under the same job id, and both ranks find what they saved in the
-    same HPCPIPE_CHECKPOINT_DIR."""
+@pytest.mark.parametrize(
+    "how",
+    [
+        ["scontrol", "requeue"],  # no warning: SIGTERM to every task, then requeued by Slurm
+        ["scancel", "--signal=USR2"],  # what --signal=USR2@N sends before the time limit
+    ],
+    ids=["scontrol-requeue", "time-limit-warning"],
+)
+def test_a_requeued_two_task_stage_resumes_every_rank_from_its_checkpoint_dir(scale_project: Path, how):
+    """After both ranks saved, the job is requeued: by `scontrol requeue`, or at Slurm's
+    warning, which reaches every task (each forwards SIGTERM to its command; rank 0 requeues
+    the allocation). The whole allocation comes back under the same job id, and both ranks
+    find what they saved in the same HPCPIPE_CHECKPOINT_DIR."""
     progress = scale_project / "progress"
     driver = launch(
         scale_project, "resumed", ["resume", "out/resumed.json", str(progress)], outs=["out/resumed.json"]
@@ -97,10 +122,29 @@ def test_a_requeued_two_task_stage_resumes_every_rank_from_its_checkpoint_dir(sc
         driver.kill()
         raise
     job_id = (progress / "saved-0").read_text()
-    subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+    subprocess.run([*how, job_id], check=True, capture_output=True)
     _, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, err
     assert job_of(err, "resumed") == job_id and f"job {job_id} requeued by Slurm" in err
     ends = json.loads((scale_project / "out" / "resumed.json").read_text())
     assert [(e["rank"], e["step"]) for e in ends] == [("0", 1), ("1", 1)]
     assert {e["restart"] for e in ends} == {"1"}
+
+
+def test_a_two_task_function_stage_publishes_rank_0s_outputs_only(scale_project: Path):
+    driver = launch_function(scale_project, "everywhere", "write_rank")
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 0, err
+    assert (scale_project / "out" / "result.txt").read_text() == "rank 0 of 2"
+    assert json.loads((scale_project / "out" / "report" / "rank.json").read_text())["rank"] == "0"
+    assert sorted(p.name for p in (scale_project / "out").iterdir()) == ["report", "result.txt"]
+
+
+def test_a_rank_that_raises_fails_the_function_stage_and_nothing_is_published(scale_project: Path):
+    driver = launch_function(scale_project, "halfway", "fail_on_rank_1")
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 1, err
+    assert re.search(
+        r"rank 1 of 2, on \S+ raised ValueError: rank 1 broke on purpose: outputs not published", err
+    )
+    assert not (scale_project / "out" / "result.txt").exists()

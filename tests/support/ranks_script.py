@@ -1,11 +1,15 @@
-"""A user's own multi-task script, run once per task by a command stage (test_slurm_scale.py).
+"""A user's own multi-task script, run once per task by a command stage (test_slurm_scale.py),
+and two function stages that run on every task.
 
-It knows nothing of hpcpipe: it reads torchrun's variables (RANK, WORLD_SIZE, ...) and
-HPCPIPE_CHECKPOINT_DIR, as any `torchrun`-style script does.
+The script knows nothing of hpcpipe: it reads torchrun's variables (RANK, WORLD_SIZE, ...)
+and HPCPIPE_CHECKPOINT_DIR, as any `torchrun`-style script does.
 
     python ranks_script.py allreduce OUT        # gloo all_reduce of rank + 1 over every task
     python ranks_script.py fail RANK CODE       # that rank exits CODE; the others wait (to be stopped)
     python ranks_script.py resume OUT PROGRESS  # saves, waits for a requeue, resumes from what it saved
+
+The function stages (``hpcpipe run NAME --fn ranks_script:write_rank --source ... --result
+... --report ...``) write which rank wrote their outputs; ``fail_on_rank_1`` raises there.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import socket
 import sys
 import time
 from pathlib import Path
+
+from hpcpipe.config import TrainParams
+from hpcpipe.stage_function import stage_function
 
 TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -62,6 +69,23 @@ def resume(out: str, progress: str) -> None:
         ends = [json.loads(p.read_text()) for p in sorted(resumed.parent.glob("resumed-*"))]
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(ends))
+
+
+@stage_function(schema={"train": TrainParams})
+def write_rank(params, *, source: Path, result: Path, report: Path) -> dict:
+    """Every rank writes its outputs (to the paths it was given) and returns its rank."""
+    rank = os.environ.get("RANK", "none")
+    result.write_text(f"rank {rank} of {os.environ.get('WORLD_SIZE', 'none')}")
+    report.mkdir()
+    (report / "rank.json").write_text(json.dumps({"rank": rank, "source": source.read_text()}))
+    return {"rank": int(rank) if rank.isdigit() else -1}
+
+
+@stage_function(schema={"train": TrainParams})
+def fail_on_rank_1(params, *, source: Path, result: Path, report: Path) -> dict:
+    if os.environ.get("RANK") == "1":
+        raise ValueError("rank 1 broke on purpose")
+    return write_rank(params, source=source, result=result, report=report)
 
 
 if __name__ == "__main__":

@@ -230,6 +230,10 @@ def _run_and_publish(
         except Exception as err:
             if board is not None:
                 board.record(1, f"raised {type(err).__name__}: {err}".splitlines()[0])
+                first = board.failure_elsewhere()  # a peer's failure is often the cause of ours
+                if first is not None:
+                    line = f"hpcpipe: {spec.name}: {first.describe(board.placement.world_size)}"
+                    print(line, file=sys.stderr, flush=True)
             raise
         if board is not None:
             _wait_for_ranks(board, termination)
