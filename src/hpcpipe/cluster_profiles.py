@@ -97,7 +97,8 @@ def resources_problem(res: Resources, executor: str) -> str | None:
     devices to ranks to chance."""
     if res.tasks_per_node is not None and res.gpus and res.tasks_per_node not in (1, res.gpus):
         return (
-            f"tasks_per_node: {res.tasks_per_node} tasks with {res.gpus} GPUs per node; a GPU stage "
+            f"tasks_per_node: {res.tasks_per_node} tasks with {res.gpus} GPU{'s' if res.gpus > 1 else ''} "
+            "per node; a GPU stage "
             f"runs one task per GPU (leave tasks_per_node out), or 1 task that drives all {res.gpus}"
         )
     if executor != "slurm" and res.nodes > 1:
