@@ -129,6 +129,11 @@ def test_a_requeued_two_task_stage_resumes_every_rank_from_its_checkpoint_dir(sc
     ends = json.loads((scale_project / "out" / "resumed.json").read_text())
     assert [(e["rank"], e["step"]) for e in ends] == [("0", 1), ("1", 1)]
     assert {e["restart"] for e in ends} == {"1"}
+    stopped = sorted(p.name for p in progress.glob("sigterm-*"))
+    assert stopped == ["sigterm-0", "sigterm-1"]  # every rank's command was stopped
+    if how[0] == "scancel":  # rank 1 was told by the warning, not only killed by the requeue
+        first = scale_project / ".hpcpipe" / "jobs" / "resumed" / f"{job_id}_ranks" / "attempt-0"
+        assert json.loads((first / "rank-1.json").read_text())["warned"] is True
 
 
 def test_a_two_task_function_stage_publishes_rank_0s_outputs_only(scale_project: Path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -53,9 +54,15 @@ def fail(rank: str, code: str) -> None:
 def resume(out: str, progress: str) -> None:
     rank = os.environ["RANK"]
     saved = Path(os.environ["HPCPIPE_CHECKPOINT_DIR"]) / f"rank-{rank}.json"
-    if not saved.exists():  # first attempt: save, say so, wait to be requeued
+    if not saved.exists():  # first attempt: save, say so, wait to be stopped and requeued
         saved.write_text(json.dumps({"rank": rank, "step": 1}))
         Path(progress).mkdir(parents=True, exist_ok=True)
+
+        def stopped(signum: int, frame: object) -> None:  # SIGTERM: Slurm's, or hpcpipe's at the warning
+            Path(progress, f"sigterm-{rank}").write_text("")
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, stopped)
         Path(progress, f"saved-{rank}").write_text(os.environ.get("SLURM_JOB_ID", ""))
         time.sleep(600)
         sys.exit(1)

@@ -240,7 +240,9 @@ class CommandRunner:
                 time.sleep(0.2)
             if process.poll() is None:
                 process.kill()
-        if self._board is not None:
+        if self._board is not None:  # this rank's end too, then the others' (within the grace)
+            code = (process.poll() if process is not None else None) or 0
+            self._board.record(128 - code if code < 0 else code, "ended at the warning", warned=True)
             self._board.wait_for_all(until=lambda: time.monotonic() >= deadline)
         if not any(Path(job.checkpoint_dir).iterdir()):
             print(
