@@ -305,3 +305,15 @@ def test_tasks_follow_gpus_and_cpu_stages_ask_for_tasks():
     one = Profile(name="p", executor="slurm", stages={"train": Resources(gpus=4, tasks_per_node=1)})
     assert executor_parameters(one, "train")["ntasks_per_node"] == 1  # one process drives all four
     assert "srun_args" not in executor_parameters(one, "train")
+
+
+def test_a_sweep_task_is_one_task_on_one_node_whatever_its_stages_ask():
+    """A sweep's array task runs its points' stages in its own process (inline)."""
+    from hpcpipe.launch.profiles import sweep_resources
+
+    profile = Profile(name="p", executor="slurm", stages={"train": Resources(gpus=4, nodes=2, cpus=32)})
+    res = sweep_resources(profile, ["train"])
+    assert (res.nodes, res.tasks, res.gpus, res.cpus) == (1, 1, 4, 32)
+    assert "srun_args" not in executor_parameters(
+        Profile(name="p", executor="slurm", stages={"sweep": res}), "sweep"
+    )
