@@ -54,7 +54,7 @@ from typing import Any
 
 from hpcpipe.launch import completion, distributed
 from hpcpipe.launch.host_memory import tune_host_allocator
-from hpcpipe.launch.ranks import POLL_S, RankBoard, worst
+from hpcpipe.launch.ranks import WATCH_S, RankBoard, worst
 from hpcpipe.launch.termination import TerminationWatch
 from hpcpipe.tracking.command_run import command_run
 from hpcpipe.tracking.context import RunContext
@@ -181,7 +181,7 @@ class CommandRunner:
         assert process is not None
         while True:
             try:
-                return process.wait(timeout=POLL_S if self._board is not None else None), ""
+                return process.wait(timeout=WATCH_S if self._board is not None else None), ""
             except subprocess.TimeoutExpired:
                 pass
             failed = self._board.failure_elsewhere() if self._board is not None and not self._warned else None

@@ -29,7 +29,11 @@ from pathlib import Path
 from hpcpipe.files import write_json_atomically
 from hpcpipe.launch.distributed import Placement
 
-POLL_S = 0.2
+# How often the folder is listed: while a rank waits for the others' ends, and while its
+# command runs (another rank's failure). On Lustre every listing is a metadata request of
+# every rank, so not faster than this; a command's own end is seen at once regardless.
+POLL_S = 0.5
+WATCH_S = 2.0
 
 
 @dataclass(frozen=True)
