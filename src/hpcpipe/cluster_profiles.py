@@ -53,7 +53,13 @@ _LOADER_FIELDS = ("sources", "stage_sources")
 
 @dataclass(frozen=True)
 class Resources:
-    """What one stage asks of the scheduler. Unset (None) fields are left to the site."""
+    """What one stage asks of the scheduler. Unset (None) fields are left to the site.
+
+    Counted as Slurm counts them: ``gpus`` per node (``--gpus-per-node``; the key may be
+    spelt ``gpus_per_node``), ``cpus`` per task (``--cpus-per-task``, or ``cpus_per_task``),
+    ``mem_gb`` per node (``--mem``). A stage runs as ``nodes`` x ``tasks`` tasks: one task
+    per GPU (torch.distributed's one process per device), ``tasks_per_node`` on CPU nodes.
+    """
 
     partition: str | None = None
     constraint: str | None = None
@@ -64,6 +70,45 @@ class Resources:
     mem_gb: float | None = positive(default=None)
     time_min: int = positive(default=60)
     setup: tuple[str, ...] = ()
+    nodes: int = positive(default=1)
+    # None: one per GPU, else 1. Given with GPUs it must be 1 (one process drives them all)
+    # or the GPU count (see resources_problem).
+    tasks_per_node: int | None = positive(default=None)
+
+    @property
+    def tasks(self) -> int:
+        """Tasks (processes) per node."""
+        if self.tasks_per_node is not None:
+            return self.tasks_per_node
+        return self.gpus or 1
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks
+
+
+# Slurm's spellings, accepted for the keys above (giving both is refused).
+RESOURCE_ALIASES = {"gpus_per_node": "gpus", "cpus_per_task": "cpus"}
+
+
+def resources_problem(res: Resources, executor: str) -> str | None:
+    """What is wrong with a combination of resources (the key, then why and what to do), if
+    anything. A GPU stage runs one task per GPU: 2 tasks on 4 GPUs would leave the binding of
+    devices to ranks to chance."""
+    if res.tasks_per_node is not None and res.gpus and res.tasks_per_node not in (1, res.gpus):
+        return (
+            f"tasks_per_node: {res.tasks_per_node} tasks with {res.gpus} GPU{'s' if res.gpus > 1 else ''} "
+            "per node; a GPU stage "
+            f"runs one task per GPU (leave tasks_per_node out), or 1 task that drives all {res.gpus}"
+        )
+    if executor != "slurm" and res.nodes > 1:
+        return f"nodes: {res.nodes} nodes on the {executor} executor (one machine); give nodes: 1"
+    if executor == "inline" and res.tasks > 1:
+        return (
+            f"tasks_per_node: {res.tasks} tasks on the inline executor, which runs the stage in its own "
+            "process; run it through a Slurm profile"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -215,15 +260,31 @@ def _read_layer(path: Path, source: str) -> _Layer:
     stages = raw.get("stages") or {}
     if not isinstance(stages, dict):
         raise ConfigError(f"{source}: stages: expected a mapping of stage names, got {stages!r}")
-    build(Resources, raw.get("defaults"), source=source, prefix="defaults")
+    stages = dict(stages)
+    defaults = _unaliased(raw.get("defaults"), source, "defaults")
+    build(Resources, defaults, source=source, prefix="defaults")
     for stage, entry in stages.items():
         if entry is not None and not isinstance(entry, dict):
             raise ConfigError(f"{source}: stages.{stage}: expected a mapping of resources, got {entry!r}")
-        build(Resources, entry, source=source, prefix=f"stages.{stage}")
+        stages[stage] = _unaliased(entry, source, f"stages.{stage}")
+        build(Resources, stages[stage], source=source, prefix=f"stages.{stage}")
     # Check the top-level keys this file sets; a base file may supply the executor.
     top = {k: v for k, v in raw.items() if k not in ("defaults", "stages", "extends")}
     build(Profile, {"name": path.stem, "executor": EXECUTORS[0], **top}, source=source, prefix="")
-    return _Layer(source, {**raw, "defaults": raw.get("defaults") or {}, "stages": stages})
+    return _Layer(source, {**raw, "defaults": defaults or {}, "stages": stages})
+
+
+def _unaliased(entry: Any, source: str, prefix: str) -> Any:
+    """A resources mapping with Slurm's spellings (``gpus_per_node``) under the keys used here."""
+    if not isinstance(entry, dict):
+        return entry
+    out = dict(entry)
+    for alias, key in RESOURCE_ALIASES.items():
+        if alias in out:
+            if key in out:
+                raise ConfigError(f"{source}: {prefix}.{alias}: the same key as {prefix}.{key}; give one")
+            out[key] = out.pop(alias)
+    return out
 
 
 def _refuse_control_characters(raw: dict[str, Any], source: str) -> None:
@@ -271,5 +332,11 @@ def _merge(layers: list[_Layer], name: str) -> Profile:
         stage: build(Resources, {**defaults, **entry}, source=stage_sources[stage], prefix=f"stages.{stage}")
         for stage, entry in entries.items()
     }
+    checked = [("defaults", own.source, profile.defaults)]
+    checked += [(f"stages.{stage}", stage_sources[stage], res) for stage, res in stages.items()]
+    for prefix, source, res in checked:
+        problem = resources_problem(res, profile.executor)
+        if problem:
+            raise ConfigError(f"{source}: {prefix}.{problem}")
     sources = tuple(layer.source for layer in layers)
     return dataclasses.replace(profile, stages=stages, sources=sources, stage_sources=stage_sources)

@@ -93,16 +93,16 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
 
 
 def free_port_base(first: int = 17017, step: int = 100) -> int:
-    """The first of ``first``, ``first + step``, ... whose four ports (start's slurmctld,
-    slurmd, slurmdbd, MariaDB) nothing on 127.0.0.1 listens on."""
+    """The first of ``first``, ``first + step``, ... whose five ports (start's slurmctld,
+    slurmd, slurmdbd, MariaDB, the second node's slurmd) nothing on 127.0.0.1 listens on."""
     for base in range(first, first + 20 * step, step):
         taken = False
-        for port in range(base, base + 4):
+        for port in range(base, base + 5):
             with socket.socket() as probe:
                 taken = taken or probe.connect_ex(("127.0.0.1", port)) == 0
         if not taken:
             return base
-    raise AssertionError(f"no four free ports from {first} on 127.0.0.1")
+    raise AssertionError(f"no five free ports from {first} on 127.0.0.1")
 
 
 @contextlib.contextmanager

@@ -160,7 +160,7 @@ def test_shipped_profiles_load_from_a_directory_without_configs(tmp_path):
         profile = load_profile(name, tmp_path)
         assert profile.name == name
         assert profile.sources == (str(SHIPPED_DIR / f"{name}.yaml"),)
-    assert load_profile("perlmutter", tmp_path).defaults.setup == ("module load pytorch",)
+    assert load_profile("perlmutter", tmp_path).defaults.setup[0] == "module load pytorch"
 
 
 def test_shipped_profiles_name_no_project_stage():

@@ -213,3 +213,107 @@ def test_profile_numbers_are_finite_and_misspelt_keys_get_the_close_one(tmp_path
     with pytest.raises(ConfigError) as err:
         load_profile("mysite", tmp_path)
     assert message in str(err.value)
+
+
+MULTI_GPU = {
+    # one whole node: 4 A100, one task each (the regular QoS: a whole node is not shared)
+    "perlmutter-train-1node-4gpu": (
+        "  train: {constraint: gpu, qos: regular, gpus: 4, cpus: 32, mem_gb: null}\n"
+    ),
+    # two whole nodes, 8 GPUs, 8 tasks; Slurm's own spelling of the keys
+    "perlmutter-train-2node-8gpu": (
+        "  train: {constraint: gpu, qos: regular, nodes: 2, gpus_per_node: 4, cpus_per_task: 32,"
+        " mem_gb: null, time_min: 240}\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MULTI_GPU))
+def test_multi_gpu_sbatch_text_matches_the_golden_file(tmp_path, case):
+    """NERSC's multi-GPU job scripts (docs.nersc.gov/jobs, machinelearning/launchers): ``-C gpu``,
+    ``--nodes``, ``--ntasks-per-node=4``, ``--gpus-per-node=4``, ``--cpus-per-task=32``,
+    ``SLURM_CPU_BIND=cores``, every GPU visible to every task; submitit's srun starts the tasks.
+    Set HPCPIPE_UPDATE_GOLDEN=1 to rewrite the files after an intended change."""
+    import os
+
+    folder = tmp_path / "configs" / "cluster"
+    folder.mkdir(parents=True)
+    (folder / "perlmutter.yaml").write_text("defaults:\n  account: m1234\nstages:\n" + MULTI_GPU[case])
+    text = sbatch_text(
+        load_profile("perlmutter", tmp_path), "train", Path("/project/.hpcpipe/jobs/train"), requeue=True
+    )
+    golden = GOLDEN / f"{case}.sbatch"
+    if os.environ.get("HPCPIPE_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
+    nodes, gpus = (2, 4) if "2node" in case else (1, 4)
+    for line in (
+        f"--nodes={nodes}",
+        f"--ntasks-per-node={gpus}",
+        f"--gpus-per-node={gpus}",
+        "--gpu-bind=none",
+    ):
+        assert f"#SBATCH {line}\n" in text
+    assert "#SBATCH --mem" not in text and "--kill-on-bad-exit=1" in text
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "{gpus: 4, tasks_per_node: 2}",
+            "stages.train.tasks_per_node: 2 tasks with 4 GPUs per node; a GPU stage",
+        ),
+        (
+            "{gpus: 4, gpus_per_node: 4}",
+            "stages.train.gpus_per_node: the same key as stages.train.gpus; give one",
+        ),
+        ("{nodes: 0}", "stages.train.nodes: expected an integer > 0, got 0"),
+        ("{tasks_per_node: -2}", "stages.train.tasks_per_node: expected a number > 0, got -2"),
+    ],
+)
+def test_bad_task_layouts_are_refused_naming_the_key(tmp_path, entry, message):
+    from hpcpipe.validation import ConfigError
+
+    folder = tmp_path / "configs" / "cluster"
+    folder.mkdir(parents=True)
+    (folder / "mysite.yaml").write_text(f"extends: slurm\nstages:\n  train: {entry}\n")
+    with pytest.raises(ConfigError) as err:
+        load_profile("mysite", tmp_path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_several_nodes_need_slurm_and_local_tasks_are_subprocesses(tmp_path):
+    from hpcpipe.validation import ConfigError
+
+    folder = tmp_path / "configs" / "cluster"
+    folder.mkdir(parents=True)
+    (folder / "local.yaml").write_text("stages:\n  train: {nodes: 2}\n")
+    with pytest.raises(ConfigError, match=r"local.yaml: stages.train.nodes: 2 nodes on the local executor"):
+        load_profile("local", tmp_path)
+    (folder / "local.yaml").write_text("stages:\n  train: {tasks_per_node: 2}\n")
+    assert executor_parameters(load_profile("local", tmp_path), "train")["tasks_per_node"] == 2
+
+
+def test_tasks_follow_gpus_and_cpu_stages_ask_for_tasks():
+    gpu = Profile(name="p", executor="slurm", stages={"train": Resources(gpus=2, nodes=2)})
+    params = executor_parameters(gpu, "train")
+    assert (params["nodes"], params["ntasks_per_node"], params["gpus_per_node"]) == (2, 2, 2)
+    cpu = Profile(name="p", executor="slurm", stages={"train": Resources(tasks_per_node=2)})
+    params = executor_parameters(cpu, "train")
+    assert (params["nodes"], params["ntasks_per_node"]) == (1, 2) and "gpus_per_node" not in params
+    one = Profile(name="p", executor="slurm", stages={"train": Resources(gpus=4, tasks_per_node=1)})
+    assert executor_parameters(one, "train")["ntasks_per_node"] == 1  # one process drives all four
+    assert "srun_args" not in executor_parameters(one, "train")
+
+
+def test_a_sweep_task_is_one_task_on_one_node_whatever_its_stages_ask():
+    """A sweep's array task runs its points' stages in its own process (inline)."""
+    from hpcpipe.launch.profiles import sweep_resources
+
+    profile = Profile(name="p", executor="slurm", stages={"train": Resources(gpus=4, nodes=2, cpus=32)})
+    res = sweep_resources(profile, ["train"])
+    assert (res.nodes, res.tasks, res.gpus, res.cpus) == (1, 1, 4, 32)
+    assert "srun_args" not in executor_parameters(
+        Profile(name="p", executor="slurm", stages={"sweep": res}), "sweep"
+    )

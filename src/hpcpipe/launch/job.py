@@ -31,20 +31,35 @@ the stage fingerprint, so a requeue for any reason (also ``scontrol requeue`` by
 admin, which sends no warning) resumes after the last finished epoch, and a changed
 input, param or code never resumes a stale one. The file is removed once the
 stage's outputs are published.
+
+Several tasks (a profile entry with ``nodes``, ``gpus`` per node or ``tasks_per_node``):
+every task runs the same function, with torchrun's variables in its environment (see
+``distributed``). Only rank 0's return counts: it alone rolls back a cut publication,
+cleans old checkpoints, opens the W&B run, publishes the outputs and stamps the
+completion, and only once every rank has recorded that its function returned (see
+``ranks``); a rank that raised fails the job, named in rank 0's error. The other ranks
+get their output roles as paths in a private temporary folder, removed afterwards, so
+a function that writes on every rank never touches the published files; their result
+is ignored.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hpcpipe.files import TEMP_MARK
-from hpcpipe.launch import completion
+from hpcpipe.launch import completion, distributed
 from hpcpipe.launch.host_memory import tune_host_allocator
 from hpcpipe.launch.publish import Publisher, remove_path, remove_stale_staging, staging_path
+from hpcpipe.launch.ranks import RankBoard, worst
 from hpcpipe.launch.spec import StageSpec
 from hpcpipe.launch.termination import TerminationWatch
 from hpcpipe.stage_function import import_target
@@ -64,10 +79,17 @@ def checkpoint_folder(workdir: str) -> Path:
         return Path(workdir) / CHECKPOINT_DIR
 
 
-def checkpoint_file(spec: StageSpec, workdir: str, fp: str) -> Path:
-    """The stage's checkpoint for fingerprint ``fp``; checkpoints of other fingerprints are removed."""
+class RankFailed(RuntimeError):
+    """Another rank of a multi-task stage failed: rank 0 publishes nothing."""
+
+
+def checkpoint_file(spec: StageSpec, workdir: str, fp: str, clean: bool = True) -> Path:
+    """The stage's checkpoint for fingerprint ``fp``; checkpoints of other fingerprints are
+    removed (``clean``; only rank 0 of a multi-task stage cleans)."""
     folder = checkpoint_folder(workdir)
     path = folder / f"checkpoint-{spec.name}-{fp}.pt"
+    if not clean:
+        return path
     for stale in folder.glob(f"checkpoint-{spec.name}-*.pt"):
         if stale != path:
             stale.unlink(missing_ok=True)
@@ -128,8 +150,48 @@ def run_stage(
     without one (or with W&B disabled in params) nothing is tracked.
     """
     os.chdir(workdir)
+    place = distributed.placement(os.environ)
+    if place is not None:
+        os.environ.update(place.env())  # before the function imports torch.distributed
+        board = RankBoard.for_job(place)
+        if not place.leader:
+            return _run_follower(spec, params, paths, workdir, context, board)
     with TerminationWatch(f"stage {spec.name}") as termination:
-        return _run_and_publish(spec, params, paths, workdir, context, termination)
+        return _run_and_publish(
+            spec, params, paths, workdir, context, termination, board if place is not None else None
+        )
+
+
+def _run_follower(
+    spec: StageSpec,
+    params: Any,
+    paths: Mapping[str, str],
+    workdir: str,
+    context: RunContext | None,
+    board: RankBoard,
+) -> dict[str, Any]:
+    """A rank other than 0: run the function, record how it ended, publish nothing, and
+    return normally whatever happened (rank 0 reports it; see ``ranks``)."""
+    tune_host_allocator()
+    scratch = Path(tempfile.mkdtemp(prefix=f"hpcpipe-{spec.name}-rank{board.placement.rank}-"))
+    try:
+        func = import_target(spec.target, workdir)
+        kwargs: dict[str, Any] = {
+            role: scratch / Path(paths[role]).name if role in spec.outputs else Path(paths[role])
+            for role in spec.roles
+        }
+        if spec.resumable:
+            fp = context.fingerprint if context else "direct"
+            kwargs["checkpoint"] = checkpoint_file(spec, workdir, fp, clean=False)
+        metrics = func(params, **kwargs)
+    except Exception as err:  # recorded for rank 0, which fails the job with it
+        traceback.print_exc(file=sys.stderr)
+        board.record(1, f"raised {type(err).__name__}: {err}".splitlines()[0])
+        return {}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    board.record(0)
+    return dict(metrics or {})
 
 
 def _run_and_publish(
@@ -139,6 +201,7 @@ def _run_and_publish(
     workdir: str,
     context: RunContext | None,
     termination: TerminationWatch,
+    board: RankBoard | None = None,
 ) -> dict[str, Any]:
     publisher = Publisher(Path.cwd(), spec.name)  # run_stage chdir-ed into the workdir
     publisher.recover()  # before anything else: a publication a kill cut short is rolled back
@@ -161,8 +224,19 @@ def _run_and_publish(
         # the fingerprint fixed at submission: the same in every requeued attempt
         checkpoint = checkpoint_file(spec, workdir, context.fingerprint if context else "direct")
     try:
-        with start_run(params, context if spec.tracked else None, spec.sections, workdir):
-            metrics = func(params, **kwargs, **({"checkpoint": checkpoint} if checkpoint else {}))
+        try:
+            with start_run(params, context if spec.tracked else None, spec.sections, workdir):
+                metrics = func(params, **kwargs, **({"checkpoint": checkpoint} if checkpoint else {}))
+        except Exception as err:
+            if board is not None:
+                board.record(1, f"raised {type(err).__name__}: {err}".splitlines()[0])
+                first = board.failure_elsewhere()  # a peer's failure is often the cause of ours
+                if first is not None:
+                    line = f"hpcpipe: {spec.name}: {first.describe(board.placement.world_size)}"
+                    print(line, file=sys.stderr, flush=True)
+            raise
+        if board is not None:
+            _wait_for_ranks(board, termination)
         outputs = [(tmp, Path(paths[role])) for role, tmp in staged.items()]
         publisher.publish(outputs, token, check=termination.check)
         if checkpoint is not None:
@@ -173,3 +247,14 @@ def _run_and_publish(
         for tmp in staged.values():
             remove_path(tmp)
     return dict(metrics or {})
+
+
+def _wait_for_ranks(board: RankBoard, termination: TerminationWatch) -> None:
+    """Rank 0, its function returned: every rank must have returned too before anything is
+    published; one that raised fails the job (``RankFailed``), named."""
+    board.record(0)
+    ends = board.wait_for_all(until=lambda: termination.received)
+    termination.check()
+    bad = worst(ends)
+    if bad is not None:
+        raise RankFailed(f"{bad.describe(board.placement.world_size)}: outputs not published")

@@ -48,13 +48,23 @@ def slurm_parameters(res: Resources, stage: str, requeue: bool = False) -> dict[
     params: dict[str, Any] = {
         "job_name": job_name(stage),
         "time": res.time_min,
-        "nodes": 1,
-        "ntasks_per_node": 1,
+        "nodes": res.nodes,
+        "ntasks_per_node": res.tasks,
         "cpus_per_task": res.cpus,
         "signal_delay_s": signal_delay_s(res.time_min),
     }
     if res.gpus:
         params["gpus_per_node"] = res.gpus
+    additional: dict[str, Any] = {}
+    if res.world_size > 1:
+        # A task that dies without a word (killed, out of memory) ends the step, instead of
+        # leaving the others blocked in a collective until the time limit (see launch.ranks).
+        params["srun_args"] = ["--kill-on-bad-exit=1"]
+        if res.gpus and res.tasks > 1:
+            # every task sees every GPU of its node and picks its own by LOCAL_RANK
+            # (torch.cuda.set_device): a site's default binding of one GPU per task would
+            # leave rank 1 with one visible device and "invalid device ordinal"
+            additional["gpu-bind"] = "none"
     if res.mem_gb is not None:
         mem = res.mem_gb
         params["mem"] = f"{int(mem)}GB" if mem == int(mem) else f"{round(mem * 1024)}MB"
@@ -65,13 +75,19 @@ def slurm_parameters(res: Resources, stage: str, requeue: bool = False) -> dict[
     if res.setup:
         params["setup"] = list(res.setup)
     if requeue:
-        params["additional_parameters"] = {"requeue": True}
+        additional["requeue"] = True
+    if additional:
+        params["additional_parameters"] = additional
     return params
 
 
 def local_parameters(res: Resources) -> dict[str, Any]:
     """``LocalExecutor`` keywords: a subprocess gets the time limit, GPU visibility and setup lines."""
-    params: dict[str, Any] = {"timeout_min": res.time_min, "gpus_per_node": res.gpus, "tasks_per_node": 1}
+    params: dict[str, Any] = {
+        "timeout_min": res.time_min,
+        "gpus_per_node": res.gpus,
+        "tasks_per_node": res.tasks,
+    }
     if res.setup:
         params["setup"] = list(res.setup)
     return params
@@ -82,7 +98,9 @@ def sweep_resources(profile: Profile, stages: Sequence[str]) -> Resources:
 
     A profile's own ``stages: sweep:`` entry wins. Otherwise the task takes the
     resources of its most demanding stage (most GPUs, then CPUs), the largest memory
-    of any, and the sum of their time limits, since the stages run in sequence.
+    of any, and the sum of their time limits, since the stages run in sequence. The task
+    runs its stages in its own process, so it is one task on one node, whatever a stage's
+    entry asks (a sweep of multi-GPU trainings gives ``sweep:`` its own entry).
     """
     if "sweep" in profile.stages:
         return profile.stages["sweep"]
@@ -94,6 +112,8 @@ def sweep_resources(profile: Profile, stages: Sequence[str]) -> Resources:
         cpus=max(r.cpus for r in each),
         mem_gb=max(memory) if memory else None,
         time_min=sum(r.time_min for r in each),
+        nodes=1,
+        tasks_per_node=1,
     )
 
 
