@@ -48,3 +48,18 @@ def test_the_resources_digest_follows_what_the_scheduler_is_asked_for():
     longer = dataclasses.replace(base, stages={"train": Resources(gpus=1, mem_gb=32, time_min=600)})
     assert resources_digest(longer, "train") != digest
     assert resources_digest(dataclasses.replace(base, poll_s=9.0), "train") == digest  # not a resource
+
+
+def test_keys_added_to_resources_later_leave_recorded_digests_alone():
+    """A job recorded before `nodes`/`tasks_per_node` existed keeps its digest across the
+    upgrade (else a running job would be cancelled and resubmitted); setting them counts."""
+    import hashlib
+    import json
+
+    base = Profile(name="p", executor="slurm", stages={"train": Resources(gpus=1, mem_gb=32)})
+    before = {"executor": "slurm", **dataclasses.asdict(Resources(gpus=1, mem_gb=32))}
+    del before["nodes"], before["tasks_per_node"]  # what the digest held before the keys existed
+    old = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert resources_digest(base, "train") == old
+    two_nodes = dataclasses.replace(base, stages={"train": Resources(gpus=1, mem_gb=32, nodes=2)})
+    assert resources_digest(two_nodes, "train") != old

@@ -185,6 +185,11 @@ def resources_digest(profile: Profile, stage: str) -> str:
     """What the scheduler is asked for: not part of the fingerprint (results do not depend
     on it), but a job asked for with other resources is not the one wanted now."""
     record = {"executor": profile.executor, **dataclasses.asdict(profile.resources(stage))}
+    # keys added after jobs were already recorded count only when set: an upgrade alone
+    # must not make a running job stale (it would be cancelled and resubmitted)
+    for key, default in (("nodes", 1), ("tasks_per_node", None)):
+        if record.get(key) == default:
+            record.pop(key, None)
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
