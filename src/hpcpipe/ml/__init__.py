@@ -6,6 +6,9 @@
   device and augments on the device (no PIL, no worker processes).
 - ``models``: the PyTorch tutorial CNN and a CIFAR-sized ResNet-18.
 - ``training``: the recipe (SGD + nesterov, warmup + cosine per step) and ``predict``.
+- ``checkpoint``: the training state on disk (saved whole, resumed, or set aside).
+- ``distributed``: one stage on several tasks (torchrun's environment, DDP's collectives).
+- ``stopping``: Slurm's warning signal as a flag the training loop reads.
 
 These modules import torch at the top; they are imported only inside a job.
 """

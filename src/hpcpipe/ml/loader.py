@@ -14,7 +14,13 @@ so every two consecutive epochs show each image both ways.
 All randomness (shuffle order, crop offsets, flips) comes from one CPU
 ``torch.Generator`` seeded with (seed, epoch), so an epoch is reproducible on any
 device and independent of the global RNG that initialises the model; a resumed
-run needs nothing but the epoch number to continue where it stopped.
+run needs nothing but the epoch number (and, stopped mid-epoch, the batch) to continue.
+
+Several tasks (``rank``, ``world_size``): ``batch_size`` is the global batch. Every
+rank draws the same epoch (order, crops, flips) from the same stream and takes its
+own contiguous slice of each global batch, so the union of the ranks' step k is the
+one-task run's batch k, and a step's gradient, averaged over the ranks, is the
+one-task gradient (up to the order of the sums).
 """
 
 from __future__ import annotations
@@ -77,9 +83,13 @@ class BatchLoader:
         seed: int = 0,
         pad: int = PAD,
         alternating_flip: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if batch_size % world_size or not 0 <= rank < world_size:
+            raise ValueError(f"batch_size {batch_size} cannot be split evenly over {world_size} tasks")
         if not 0 <= pad < min(images.shape[-2:], default=1):
             raise ValueError(f"pad must be in [0, image size), got {pad}")  # reflect padding needs it
         self.images, self.labels = images, labels
@@ -88,6 +98,7 @@ class BatchLoader:
         self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
         self.seed = seed
         self.pad, self.alternating_flip = pad, alternating_flip
+        self.rank, self.world_size = rank, world_size
         # normalize() as a multiply-add with constants made once, on the data's device.
         self._shift = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1) * 255
         self._scale = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1) * 255
@@ -98,11 +109,12 @@ class BatchLoader:
 
     @property
     def num_images(self) -> int:
-        """Images seen per epoch (fewer than the data set when ``drop_last`` drops some)."""
+        """Images seen per epoch by all ranks (fewer than the data set when ``drop_last`` drops some)."""
         return min(len(self) * self.batch_size, len(self.labels))
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """Yield (float images, labels) for one pass; the same ``epoch`` gives the same batches."""
+    def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield (float images, labels) for one pass from batch ``start`` on (this rank's share
+        of each); the same ``epoch`` gives the same batches."""
         device = self.images.device
         n = len(self.labels)
         # One stream per (seed, epoch): an epoch can be replayed on its own (e.g. after a requeue).
@@ -114,8 +126,12 @@ class BatchLoader:
         if self.augment:
             shifts = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=generator).to(device)
             flips = self._flips(epoch, generator).to(device)[order]  # per image -> per batch position
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            batch = slice(start, start + self.batch_size)
+        share = self.batch_size // self.world_size
+        for first in range(start * self.batch_size, len(self) * self.batch_size, self.batch_size):
+            batch = slice(first, first + self.batch_size)
+            if self.world_size > 1:
+                begin = first + self.rank * share
+                batch = slice(begin, min(begin + share, n))  # the last batch of an epoch may be short
             index = order[batch]
             x = (self.images[index].float() - self._shift) / self._scale
             if self.augment:

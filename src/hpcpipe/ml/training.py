@@ -10,7 +10,16 @@ biases, label smoothing and ``Lookahead``: the ``Plan`` says which.
 Resume: with a checkpoint path, ``fit`` saves everything the rest of the run
 depends on after every epoch (weights, optimiser, lookahead average, RNG states,
 history; the schedule is a function of the step, the loader's batches a function
-of the epoch) and picks up after the last saved epoch.
+of the epoch) and picks up after the last saved epoch. Given a ``stop`` predicate (the
+job's warning signal, ``hpcpipe.ml.stopping``), it stops at the next step where it is
+true, saves the state mid-epoch with the batch reached, and raises ``Stopped``.
+
+Several tasks (``ranks``, see ``hpcpipe.ml.distributed``): the model is wrapped in
+DistributedDataParallel, each rank trains on its share of every global batch, the
+epoch's loss and accuracy are summed over the ranks, the ranks agree on a stop
+(every ``STOP_CHECK_STEPS`` steps: each agreement is a device sync), and only rank 0
+writes the checkpoint; every rank resumes from it. BatchNorm running statistics are
+rank 0's at the end (see the README, "One stage on several tasks").
 
 On a GPU the model runs channels_last under bf16 autocast (tensor cores, no loss
 scaling needed); on a CPU everything stays float32, which is also what makes a
@@ -20,12 +29,10 @@ CPU run bit-for-bit repeatable for a given seed.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import inspect
 import math
-import os
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +41,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hpcpipe.files import TEMP_MARK, write_atomically
+from hpcpipe.ml.checkpoint import load_state, resume, save_checkpoint
+from hpcpipe.ml.distributed import (
+    Ranks,
+    agree,
+    broadcast_buffers,
+    gather_rows,
+    pick_device,
+    shard_bounds,
+    sum_across,
+)
 from hpcpipe.ml.loader import BatchLoader
 
+# each has one home (ml.distributed, ml.checkpoint); importable from here as before
+__all__ = ["pick_device", "resume", "save_checkpoint"]
+
 WARMUP_FRACTION = 0.1
+STOP_CHECK_STEPS = 10  # several tasks: how often they agree on a stop (each time a device sync)
+
+
+class Stopped(Exception):
+    """Training stopped at the warning signal; its state is in the checkpoint (rank 0 wrote it)."""
 
 
 @dataclass(frozen=True)
@@ -50,10 +74,6 @@ class EpochStats:
     lr: float  # at the epoch's last step
     images_per_s: float
     seconds: float
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
@@ -178,6 +198,8 @@ def fit(
     device: torch.device,
     on_epoch: Callable[[EpochStats], None] | None = None,
     checkpoint: Path | None = None,
+    ranks: Ranks | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> list[EpochStats]:
     """Train ``model`` (already on ``device``) for ``epochs`` passes of ``loader``; return the history.
 
@@ -185,39 +207,71 @@ def fit(
     and a run that finds one resumes after its last epoch (see ``resume``): on a CPU
     the result is bitwise the one of an uninterrupted run. ``on_epoch`` is called
     for the epochs run in this call only (a resumed run's earlier ones are in the history).
+    ``ranks``/``stop``: see the module docstring.
     """
+    ranks = ranks or Ranks(device=device)
     optimizer = plan.optimizer
-    total_steps = epochs * len(loader)
+    steps_per_epoch = len(loader)
+    total_steps = epochs * steps_per_epoch
     fmt = memory_format(device)
     history: list[EpochStats] = []
+    partial: dict[str, Any] | None = None
     if checkpoint is not None:
-        history = resume(checkpoint, model, plan, epochs=epochs, steps_per_epoch=len(loader))
-    step = len(history) * len(loader)
+        history, partial = load_state(checkpoint, model, plan, epochs, steps_per_epoch, ranks)
+    trainer = _wrap(model, ranks)
+    step = len(history) * steps_per_epoch
     for epoch in range(len(history), epochs):
-        model.train()
+        trainer.train()
         start = time.perf_counter()
         # Sums stay on the device: calling .item() every step would stall the GPU.
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
+        done = 0  # batches of this epoch behind us
+        if partial is not None:  # resumed mid-epoch: this rank's sums so far, and the batch reached
+            done, earlier_s = partial["batches"], partial["seconds"]
+            mine = _my_sums(partial["sums"], ranks)
+            loss_sum += mine[0].float().to(device)
+            correct += mine[1].long().to(device)
+            seen = int(mine[2].item())
+            start -= earlier_s
+            step += done
+            partial = None
         current_lr = 0.0
-        for images, labels in loader.epoch(epoch):
+        stopping = False
+        for images, labels in loader.epoch(epoch, start=done):
             for group in optimizer.param_groups:
                 group["lr"] = plan.schedule(step, total_steps, group["base_lr"])
             current_lr = optimizer.param_groups[0]["lr"]
             with autocast(device):
-                logits = model(images.contiguous(memory_format=fmt))
+                logits = trainer(images.contiguous(memory_format=fmt))
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=plan.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
+            done += 1
             if plan.lookahead is not None:
                 plan.lookahead.step(model, step, total_steps)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
-        loss_value, correct_value = loss_sum.item(), correct.item()  # syncs the device: timing is honest
+            if stop is not None and _stop_now(ranks, stop, step, done == steps_per_epoch):
+                stopping = True
+                break
+        if done < steps_per_epoch:  # stopped mid-epoch: save where every rank stands, then end
+            sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, dtype=torch.float64)])
+            gathered = gather_rows(ranks, sums.to(device)).view(-1, 3).cpu()  # rank by rank
+            if checkpoint is not None and ranks.primary:
+                position = {"batches": done, "sums": gathered, "seconds": time.perf_counter() - start}
+                save_checkpoint(checkpoint, model, plan, history, epochs=epochs,
+                                steps_per_epoch=steps_per_epoch, partial=position)  # fmt: skip
+            raise Stopped(f"stopped at the warning signal in epoch {epoch + 1}, after batch {done}")
+        loss_total, correct_total, seen_total = sum_across(
+            ranks, loss_sum, correct, torch.tensor(seen, device=device)
+        )
+        loss_value, correct_value = loss_total.item(), correct_total.item()  # syncs: timing is honest
+        seen = int(seen_total.item())
         seconds = time.perf_counter() - start
         stats = EpochStats(
             epoch=epoch + 1,
@@ -228,124 +282,84 @@ def fit(
             seconds=seconds,
         )
         history.append(stats)
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model, plan, history, epochs=epochs, steps_per_epoch=len(loader))
+        if checkpoint is not None and ranks.primary:
+            save_checkpoint(checkpoint, model, plan, history, epochs=epochs, steps_per_epoch=steps_per_epoch)
         if on_epoch is not None:
             on_epoch(stats)
+        if stopping and epoch + 1 < epochs:
+            raise Stopped(f"stopped at the warning signal after epoch {epoch + 1}")
     if plan.lookahead is not None:
         plan.lookahead.finish(model)
+    broadcast_buffers(ranks, model)  # BatchNorm statistics: rank 0's on every rank
     return history
 
 
-def _training_state(
-    model: nn.Module, plan: Plan, history: list[EpochStats], *, epochs: int, steps_per_epoch: int
-) -> dict[str, Any]:
-    return {
-        "epochs": epochs,
-        "steps_per_epoch": steps_per_epoch,
-        "history": [dataclasses.asdict(s) for s in history],  # the loader's position: len(history) epochs
-        "model": model.state_dict(),
-        "optimizer": plan.optimizer.state_dict(),  # momentum buffers, and each group's lr and base_lr
-        "lookahead": plan.lookahead.state_dict() if plan.lookahead is not None else None,
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
-    }
+def _wrap(model: nn.Module, ranks: Ranks) -> nn.Module:
+    """The module to run forward and backward through: DDP over the ranks, or ``model`` itself.
 
-
-def save_checkpoint(
-    path: Path, model: nn.Module, plan: Plan, history: list[EpochStats], *, epochs: int, steps_per_epoch: int
-) -> None:
-    """Write the training state to ``path`` whole, and on disk before it replaces the
-    previous one (``files.write_atomically``: temp file, fsync, rename): a kill or the
-    loss of the node mid-write leaves the previous checkpoint."""
-    state = _training_state(model, plan, history, epochs=epochs, steps_per_epoch=steps_per_epoch)
-    write_atomically(path, lambda f: torch.save(state, f))
-
-
-def resume(
-    path: Path, model: nn.Module, plan: Plan, *, epochs: int, steps_per_epoch: int
-) -> list[EpochStats]:
-    """Load ``path`` into ``model`` and ``plan`` if it exists; return the epochs it had done.
-
-    A checkpoint that cannot be resumed (truncated, unreadable, or of another run shape or
-    model: the caller keys checkpoints by the stage's fingerprint, so that is a safety
-    net) is said in one line on stderr and set aside as ``NAME.unusable`` (the last one
-    only: checkpoints can be large); training starts over instead of failing on every
-    rerun. It is checked whole before anything is loaded, so a refused one changes
-    nothing. Temp files of writers killed mid-save are removed first.
+    Lookahead, checkpoints and the saved weights use ``model`` (no ``module.`` prefix).
+    Buffers are not broadcast every step: with SyncBatchNorm they agree anyway, and
+    per-rank BatchNorm statistics never reach the weights in training mode; ``fit``
+    makes them rank 0's at the end.
     """
-    for stale in path.parent.glob(f".{path.name}{TEMP_MARK}*"):
-        stale.unlink(missing_ok=True)
-    if not path.exists():
-        return []
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        problem = _mismatch(state, model, plan, epochs=epochs, steps_per_epoch=steps_per_epoch)
-    except Exception as err:  # torch says a torn zip or pickle in many ways
-        first_line = (str(err).strip().splitlines() or [""])[0]
-        problem = f"unreadable ({type(err).__name__}: {first_line})"
-    if problem:
-        aside = path.with_name(f"{path.name}.unusable")
-        os.replace(path, aside)
-        print(f"checkpoint {path}: {problem}; set aside as {aside.name}, training starts over",
-              file=sys.stderr, flush=True)  # fmt: skip
-        return []
-    model.load_state_dict(state["model"])
-    plan.optimizer.load_state_dict(state["optimizer"])
-    if plan.lookahead is not None and state["lookahead"] is not None:
-        plan.lookahead.load_state_dict(state["lookahead"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    history = [EpochStats(**row) for row in state["history"]]
-    print(f"resuming from {path} after epoch {len(history)}", flush=True)
-    return history
+    if not ranks.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [ranks.device.index] if ranks.device.type == "cuda" else None
+    # torch renamed the switch (broadcast_buffers is deprecated from 2.10 or so)
+    parameters = inspect.signature(DistributedDataParallel).parameters
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers"
+    return DistributedDataParallel(model, device_ids=ids, **{no_sync: False})
 
 
-def _mismatch(state: Any, model: nn.Module, plan: Plan, *, epochs: int, steps_per_epoch: int) -> str:
-    """Why ``state`` cannot be resumed into this run; "" if it can."""
-    keys = {"epochs", "steps_per_epoch", "history", "model", "optimizer", "lookahead", "rng"}
-    if not isinstance(state, dict) or not keys <= state.keys():
-        return "not a training checkpoint of this recipe"
-    shape = (state["epochs"], state["steps_per_epoch"])
-    if shape != (epochs, steps_per_epoch) or len(state["history"]) > epochs:
-        return (
-            f"a checkpoint of {shape[0]} epochs x {shape[1]} steps, "
-            f"not of this run ({epochs} x {steps_per_epoch})"
-        )
-    ours = model.state_dict()
-    theirs = state["model"]
-    if theirs.keys() != ours.keys() or any(theirs[k].shape != v.shape for k, v in ours.items()):
-        return "a checkpoint of another model"
-    groups = state["optimizer"].get("param_groups", [])
-    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in plan.optimizer.param_groups]:
-        return "a checkpoint of another optimiser setup"
-    if (state["lookahead"] is None) != (plan.lookahead is None):
-        return "a checkpoint of another recipe (lookahead)"
-    return ""
+def _stop_now(ranks: Ranks, stop: Callable[[], bool], step: int, epoch_end: bool) -> bool:
+    """Whether every rank stops after this step. One task asks ``stop`` every step; several
+    agree every ``STOP_CHECK_STEPS`` global steps and at each epoch's end (the same steps on
+    every rank, so each all_reduce has all of them)."""
+    if not ranks.distributed:
+        return stop()
+    if step % STOP_CHECK_STEPS and not epoch_end:
+        return False
+    return agree(ranks, stop())
+
+
+def _my_sums(sums: Tensor, ranks: Ranks) -> Tensor:
+    """This rank's (loss sum, correct, seen) of a mid-epoch checkpoint; if it was saved by
+    another number of tasks, rank 0 carries them all."""
+    if len(sums) == ranks.world_size:
+        return sums[ranks.rank]
+    return sums.sum(0) if ranks.primary else torch.zeros(3, dtype=torch.float64)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: BatchLoader, device: torch.device) -> tuple[Tensor, float]:
-    """Predicted class per image (CPU int64, in the loader's order) and the mean cross-entropy."""
+def predict(
+    model: nn.Module, loader: BatchLoader, device: torch.device, ranks: Ranks | None = None
+) -> tuple[Tensor, float]:
+    """Predicted class per image (CPU int64, in the loader's order) and the mean cross-entropy.
+
+    Several tasks: each rank predicts its contiguous share of the images and every rank
+    gets all the predictions, in order, and the loss over all of them.
+    """
+    ranks = ranks or Ranks(device=device)
+    if loader.shuffle or loader.augment:
+        raise ValueError("predict needs a loader without shuffle or augment (predictions follow its order)")
+    if ranks.distributed:
+        lo, hi = shard_bounds(len(loader.labels), ranks)
+        loader = BatchLoader(loader.images[lo:hi], loader.labels[lo:hi], batch_size=loader.batch_size,
+                             mean=loader.mean, std=loader.std)  # fmt: skip
     model.eval()
     fmt = memory_format(device)
     predictions: list[Tensor] = []
     loss_sum = torch.zeros((), device=device)
     seen = 0
-    for images, labels in _batches(loader):
+    for images, labels in loader.epoch(0):
         with autocast(device):
             logits = model(images.contiguous(memory_format=fmt)).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         predictions.append(logits.argmax(1))
         seen += len(labels)
     preds = torch.cat(predictions).cpu() if predictions else torch.zeros(0, dtype=torch.int64)
-    return preds, loss_sum.item() / max(1, seen)
-
-
-def _batches(loader: BatchLoader) -> Iterator[tuple[Tensor, Tensor]]:
-    if loader.shuffle or loader.augment:
-        raise ValueError("predict needs a loader without shuffle or augment (predictions follow its order)")
-    return loader.epoch(0)
+    preds = gather_rows(ranks, preds)
+    loss_total, seen_total = sum_across(ranks, loss_sum, torch.tensor(seen, device=device))
+    return preds, loss_total.item() / max(1, int(seen_total.item()))

@@ -6,32 +6,46 @@ Writes test metrics (overall and per class) and a confusion CSV with one
 ``actual,predicted`` row per image, the layout DVC's confusion plot template reads.
 Normalisation comes from the model file, so the test images are treated exactly
 as the training images were. With W&B on, its run gets the metrics as summary, the
-confusion matrix as a chart and a table of sample predictions.
+confusion matrix as a chart and a table of sample predictions. On several tasks
+(``hpcpipe.ml.distributed``) each predicts its share of the test images, every one
+gets all the predictions, and only rank 0 writes and logs.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcpipe import tracking
 from hpcpipe.config import EvaluateParams, Params
 from hpcpipe.stage_function import stage_function
+
+if TYPE_CHECKING:
+    from hpcpipe.ml.distributed import Ranks
 
 
 @stage_function(schema={"evaluate": EvaluateParams}, requires=("torch", "torchvision"))
 def evaluate(
     params: Params, *, prepared: Path, model: Path, metrics: Path, confusion: Path
 ) -> dict[str, Any]:
-    import torch  # in the job, not on the login node (see hpcpipe.stage_function)
+    from hpcpipe.ml.distributed import session  # in the job, not on the login node (see stage_function)
+
+    with session() as ranks:
+        return _evaluate(params, ranks, prepared, model, metrics, confusion)
+
+
+def _evaluate(
+    params: Params, ranks: Ranks, prepared: Path, model: Path, metrics: Path, confusion: Path
+) -> dict[str, Any]:
+    import torch
 
     from hpcpipe.ml.data import load_split, read_manifest, write_json
     from hpcpipe.ml.loader import BatchLoader
     from hpcpipe.ml.models import build_model
-    from hpcpipe.ml.training import memory_format, pick_device, predict
+    from hpcpipe.ml.training import memory_format, predict
 
-    device = pick_device()
+    device = ranks.device
     checkpoint = torch.load(model, map_location="cpu", weights_only=True)
     classes = checkpoint["classes"]
     prepared_classes = read_manifest(prepared)["classes"]
@@ -49,7 +63,7 @@ def evaluate(
         mean=checkpoint["mean"],
         std=checkpoint["std"],
     )
-    predictions, loss = predict(net, loader, device)
+    predictions, loss = predict(net, loader, device, ranks)
     labels = test.labels
     hits = predictions == labels
     per_class = {
@@ -63,6 +77,8 @@ def evaluate(
         "test_images": len(labels),
         "per_class_accuracy": per_class,
     }
+    if not ranks.primary:
+        return result  # the job side publishes rank 0's outputs and result only
     write_json(metrics, result)
     _write_confusion(confusion, labels.tolist(), predictions.tolist(), classes)
     tracking.log_confusion(labels.tolist(), predictions.tolist(), classes)

@@ -9,7 +9,15 @@ Prints one line per epoch (and logs it to the stage's W&B run when there is one)
 40 epochs reach ~64% test accuracy. ``fast``: see ``hpcpipe.ml.fast``.
 
 With ``checkpoint`` (the job side passes one, keyed by the stage's fingerprint), the
-training state is saved after every epoch and a requeued job resumes from it.
+training state is saved after every epoch and a requeued job resumes from it; at
+Slurm's warning signal it stops at the next step, saves there and hands the signal
+to submitit, which requeues the job (``hpcpipe.ml.stopping``).
+
+Several tasks (the job side sets torchrun's ``RANK``, ``WORLD_SIZE``... in each):
+DistributedDataParallel over them (``hpcpipe.ml.distributed``), ``train.batch_size``
+and ``train.lr`` stay the global batch and its learning rate whatever the task
+count (each rank takes batch_size / tasks images of every step), and only rank 0
+prints, logs to W&B and writes the model, metrics, history and checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from hpcpipe.config import Params, TrainParams
 from hpcpipe.stage_function import stage_function
 
 if TYPE_CHECKING:
+    from hpcpipe.ml.distributed import Ranks
+    from hpcpipe.ml.stopping import WarningSignal
     from hpcpipe.ml.training import EpochStats
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "lr", "images_per_s")
@@ -40,23 +50,37 @@ def train(
 ) -> dict[str, Any]:
     # torch and the recipe are imported here, in the job: the launcher imports this module
     # on the login node only to read the declaration above (see hpcpipe.stage_function)
+    from hpcpipe.ml.distributed import read_env, session
+    from hpcpipe.ml.stopping import WarningSignal
+
+    tasks = read_env().world_size  # checked before joining the others: a refusal must not hang
+    if params.train.batch_size % tasks:
+        raise ValueError(
+            f"train.batch_size: {params.train.batch_size} does not split evenly over this job's {tasks} "
+            f"tasks; make it a multiple of {tasks} (it is the global batch)"
+        )
+    with session() as ranks, WarningSignal() as warning:
+        return _train(params.train, ranks, warning, prepared, model, metrics, history, checkpoint)
+
+
+def _train(
+    p: TrainParams,
+    ranks: Ranks,
+    warning: WarningSignal,
+    prepared: Path,
+    model: Path,
+    metrics: Path,
+    history: Path,
+    checkpoint: Path | None,
+) -> dict[str, Any]:
     import torch
 
     from hpcpipe.ml.data import load_split, read_manifest, torch_save, write_json
     from hpcpipe.ml.loader import BatchLoader
     from hpcpipe.ml.models import build_model
-    from hpcpipe.ml.training import (
-        SCHEDULES,
-        Lookahead,
-        Plan,
-        fit,
-        make_optimizer,
-        memory_format,
-        pick_device,
-    )
+    from hpcpipe.ml.training import SCHEDULES, Lookahead, Plan, fit, make_optimizer, memory_format
 
-    p = params.train
-    device = pick_device()
+    device = ranks.device
     torch.manual_seed(p.seed)  # the model's initial weights; the loader has its own seeded stream
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels once
@@ -67,7 +91,8 @@ def train(
     loader = BatchLoader(
         images,
         labels,
-        batch_size=min(p.batch_size, len(labels)),  # a tiny subset still makes one full batch
+        # a tiny subset still makes one full batch (split evenly over the tasks)
+        batch_size=min(p.batch_size, len(labels) // ranks.world_size * ranks.world_size),
         mean=manifest["mean"],
         std=manifest["std"],
         shuffle=True,
@@ -76,6 +101,8 @@ def train(
         seed=p.seed,
         pad=p.translate,
         alternating_flip=p.alternating_flip,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
     )
     net = build_model(p.model, num_classes=len(classes), width=p.width)
     if p.model == "fast":
@@ -83,6 +110,10 @@ def train(
         from hpcpipe.ml.loader import normalize
 
         whiten_init(net, normalize(data.images[:WHITEN_IMAGES], manifest["mean"], manifest["std"]))
+    if ranks.distributed and device.type == "cuda":
+        # BatchNorm over the global batch, so N GPUs train as one does (torch has no CPU version:
+        # on CPUs each rank normalises by its own share; see the README)
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device, memory_format=memory_format(device))
     optimizer = make_optimizer(
         net, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, bias_lr_scale=p.bias_lr_scale
@@ -95,6 +126,8 @@ def train(
     )
 
     def report(s: EpochStats) -> None:
+        if not ranks.primary:
+            return
         print(
             f"epoch {s.epoch}/{p.epochs}  loss {s.loss:.4f}  acc {s.accuracy:.4f}  lr {s.lr:.4f}  "
             f"{s.images_per_s:.0f} img/s  {s.seconds:.1f} s",
@@ -105,7 +138,20 @@ def train(
         )
 
     # with a checkpoint, fit resumes from it (and says so) or sets an unusable one aside
-    stats = fit(net, loader, plan, epochs=p.epochs, device=device, on_epoch=report, checkpoint=checkpoint)
+    stats = fit(
+        net, loader, plan, epochs=p.epochs, device=device, on_epoch=report, checkpoint=checkpoint,
+        ranks=ranks, stop=warning.requested,
+    )  # fmt: skip
+    seconds = sum(s.seconds for s in stats)
+    result = {
+        "train_loss": round(stats[-1].loss, 4),
+        "train_accuracy": round(stats[-1].accuracy, 4),
+        "epochs": p.epochs,
+        "images_per_s": round(sum(s.images_per_s * s.seconds for s in stats) / seconds, 1),
+        "seconds": round(seconds, 2),
+    }
+    if not ranks.primary:
+        return result  # the job side publishes rank 0's outputs and result only
 
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     torch_save(
@@ -119,14 +165,6 @@ def train(
         },
         model,
     )
-    seconds = sum(s.seconds for s in stats)
-    result = {
-        "train_loss": round(stats[-1].loss, 4),
-        "train_accuracy": round(stats[-1].accuracy, 4),
-        "epochs": p.epochs,
-        "images_per_s": round(sum(s.images_per_s * s.seconds for s in stats) / seconds, 1),
-        "seconds": round(seconds, 2),
-    }
     write_json(metrics, result)
     _write_history(history, stats)
     tracking.log_summary(result)

@@ -277,7 +277,8 @@ def start_run(
     """Open the stage's W&B run for the ``with`` block when ``params.wandb.enabled``."""
     global _active
     settings = getattr(params, "wandb", None)
-    if context is None or settings is None or not settings.enabled:
+    # a stage on several tasks has one run, rank 0's (torchrun's RANK: see hpcpipe.ml.distributed)
+    if context is None or settings is None or not settings.enabled or os.environ.get("RANK", "0") != "0":
         yield
         return
     try:
