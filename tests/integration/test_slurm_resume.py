@@ -101,11 +101,13 @@ def slurm_env(conf: Path | None) -> dict[str, str]:
     return env
 
 
-def hpcpipe(root: Path, *args: str, conf: Path | None = None) -> subprocess.Popen:
+def hpcpipe(
+    root: Path, *args: str, conf: Path | None = None, cluster: str = "testcluster"
+) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "hpcpipe", *args],
         cwd=root,
-        env={**slurm_env(conf), "HPCPIPE_CLUSTER": "testcluster"},
+        env={**slurm_env(conf), "HPCPIPE_CLUSTER": cluster},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -161,9 +163,11 @@ def reference(resume_root: Path) -> Trained:
     return trained
 
 
-def interrupt_after_first_epoch(root: Path, how: list[str], conf: Path | None = None) -> Trained:
+def interrupt_after_first_epoch(
+    root: Path, how: list[str], conf: Path | None = None, cluster: str = "testcluster"
+) -> Trained:
     """Train; once the first epoch's checkpoint is saved, run ``how + [job id]``; wait for the end."""
-    launcher = hpcpipe(root, *TRAIN, conf=conf)
+    launcher = hpcpipe(root, *TRAIN, conf=conf, cluster=cluster)
     folder = root / ".hpcpipe" / "jobs" / "train"
     try:
         wait_for(
@@ -205,4 +209,34 @@ def test_the_time_limit_requeue_works_where_the_site_sets_job_requeue_0(
 def test_scontrol_requeue_mid_training_resumes_bitwise(resume_root: Path, reference):
     resumed = interrupt_after_first_epoch(resume_root, ["scontrol", "requeue"])
     assert resumed.restarts == 1
+    assert_bitwise_equal(resumed, reference)
+
+
+# train as two tasks, one on each node of the test cluster (gloo over loopback)
+TWO_TASKS = {"extends": "testcluster", "stages": {"train": {"nodes": 2, "tasks_per_node": 1}}}
+
+
+@pytest.fixture(scope="module")
+def two_task_root(tmp_path_factory, project_sample: RawData, slurm_cluster) -> Path:
+    import yaml
+
+    root = resume_project(tmp_path_factory.mktemp("two-tasks") / "project", project_sample)
+    (root / "configs" / "cluster" / "testcluster-2tasks.yaml").write_text(yaml.safe_dump(TWO_TASKS))
+    return root
+
+
+def test_a_two_task_train_warned_of_its_time_limit_resumes_every_rank_bitwise(two_task_root: Path):
+    """Issue 14: the warning reaches both ranks, they stop at the same step, rank 0 saves,
+    the whole allocation is requeued, and both ranks resume from that one checkpoint: the
+    end is bitwise the end of an uninterrupted two-task run (CPU: per-rank BatchNorm, so
+    a two-task run is its own reference, not the one-task run's)."""
+    reference = finish(two_task_root, hpcpipe(two_task_root, *TRAIN, cluster="testcluster-2tasks"))
+    assert reference.restarts == 0 and len(reference.history) == RECIPE["epochs"] + 1
+    shown = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", reference.job_id, "-o", "NNodes,NTasks,AllocTRES"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert shown.startswith("2|"), shown  # really on both nodes
+    resumed = interrupt_after_first_epoch(two_task_root, WARNING, cluster="testcluster-2tasks")
     assert_bitwise_equal(resumed, reference)
