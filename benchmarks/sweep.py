@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--submit-only", action="store_true", help="the scale mode (module docstring)")
     parser.add_argument("--counts", default="16,64,256,1000", help="--submit-only: points per sweep")
     parser.add_argument("--baseline-rev", default=BASELINE_REV, help="--submit-only: the old design's commit")
-    parser.add_argument("--old-import", type=int, default=16, help="--submit-only: points the old design saves")
+    parser.add_argument("--old-import", type=int, default=16, help="--submit-only: points the old one saves")
     args = parser.parse_args()
     os.environ["SLURM_CONF"], started = start_cluster()
     env = {
@@ -184,7 +184,7 @@ def main() -> None:
             scale([int(c) for c in args.counts.split(",")], args.baseline_rev, args.old_import, env)
         finally:
             if started:
-                subprocess.run(["bash", str(REPO / "slurm/testcluster/stop")], capture_output=True, check=False)
+                subprocess.run(["bash", str(REPO / "slurm/testcluster/stop")], capture_output=True)
         return
     try:
         with tempfile.TemporaryDirectory() as tmp:

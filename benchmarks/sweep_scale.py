@@ -33,7 +33,8 @@ for point in points:
     point.state = "COMPLETED"
     import_point(root, sweep, point, point.name)
 seconds = time.perf_counter() - began
-print(json.dumps({"points": len(points), "seconds": seconds, "saved": sum(bool(p.experiment) for p in points)}))
+saved = sum(bool(p.experiment) for p in points)
+print(json.dumps({"points": len(points), "seconds": seconds, "saved": saved}))
 """
 OUTPUTS = ("dvc.lock", "models/model.pt", "metrics/train.json", "metrics/train_history.csv",
            "metrics/evaluate.json", "metrics/confusion.csv")  # fmt: skip
@@ -45,28 +46,35 @@ def lr_grid(count: int) -> list[str]:
 
 def du_bytes(path: Path) -> int:
     """Disk used under ``path``, each hard-linked file counted once (du's own rule)."""
-    return int(subprocess.run(["du", "-s", "-B1", str(path)], capture_output=True, text=True).stdout.split()[0])
+    out = subprocess.run(["du", "-s", "-B1", str(path)], capture_output=True, text=True).stdout
+    return int(out.split()[0])
 
 
 def submit(root: Path, count: int, env: dict[str, str]) -> dict[str, float]:
     name = f"n{count}"
     began = time.perf_counter()
-    sh("hpcpipe", "sweep", *lr_grid(count), "--parallelism", "2", "--name", name, "--detach", cwd=root, env=env)
+    command = ["hpcpipe", "sweep", *lr_grid(count), "--parallelism", "2", "--name", name, "--detach"]
+    sh(*command, cwd=root, env=env)
     seconds = time.perf_counter() - began
     subprocess.run(["scancel", "--name", f"hpcpipe-sweep-{name}"], check=False)
     folder = root / ".hpcpipe" / "sweeps" / name
     return {"seconds": seconds, "disk_per_point": du_bytes(folder) / count}
 
 
-def finish_points(root: Path, name: str, env: dict[str, str]) -> None:
-    """Every point of ``name`` as if it had run: the outputs of one real train + evaluate."""
-    sh("dvc", "repro", "--single-item", "train", "evaluate", cwd=root, env={**env, "HPCPIPE_CLUSTER": "inline"})
-    for folder in (root / ".hpcpipe" / "sweeps" / name / "points").iterdir():
+def finish_points(root: Path, name: str, env: dict[str, str], linked: int) -> None:
+    """Every point of ``name`` as if it had run: the outputs of one real train + evaluate, and
+    in the first ``linked`` the reused ``data/prepared`` linked in as the task links it (the
+    old design's ``dvc exp save`` hashes the saved stages' dependencies again)."""
+    inline = {**env, "HPCPIPE_CLUSTER": "inline"}
+    sh("dvc", "repro", "--single-item", "train", "evaluate", cwd=root, env=inline)
+    for number, folder in enumerate(sorted((root / ".hpcpipe" / "sweeps" / name / "points").iterdir())):
         for out in OUTPUTS:
             target = folder / out
             target.parent.mkdir(parents=True, exist_ok=True)
             target.unlink(missing_ok=True)
             shutil.copy2(root / out, target)
+        if number < linked:
+            sh("dvc", "checkout", "-q", "prepare", cwd=folder, env=env)
 
 
 def import_rate(root: Path, name: str, count: int, env: dict[str, str]) -> dict[str, float]:
@@ -87,9 +95,10 @@ def scale(counts: list[int], baseline_rev: str, old_import: int, env: dict[str, 
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(SAMPLE) as archive:
             archive.extractall(tmp, filter="data")
-        old_src = Path(tmp) / "old"
+        old_src = Path(tmp) / "old-source"
         old_src.mkdir()
-        archive = subprocess.run(["git", "archive", baseline_rev, "src"], cwd=REPO, capture_output=True, check=True)
+        command = ["git", "archive", baseline_rev, "src"]
+        archive = subprocess.run(command, cwd=REPO, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(old_src)], input=archive.stdout, check=True)
         for design, src in (("new", REPO / "src"), ("old", old_src / "src")):
             root = Path(tmp) / design
@@ -98,8 +107,8 @@ def scale(counts: list[int], baseline_rev: str, old_import: int, env: dict[str, 
             make_project(root, Path(tmp) / "raw", design_env, whole=True)
             rows = {count: submit(root, count, design_env) for count in counts}
             largest = f"n{max(counts)}"
-            finish_points(root, largest, design_env)
             wanted = max(counts) if design == "new" else old_import
+            finish_points(root, largest, design_env, 0 if design == "new" else wanted)
             rate = import_rate(root, largest, wanted, design_env)
             results[design] = {"rows": rows, "import": rate, "exp_show": exp_show_seconds(root)}
             print(f"# {design}: {json.dumps(results[design])}", file=sys.stderr, flush=True)
@@ -109,13 +118,14 @@ def scale(counts: list[int], baseline_rev: str, old_import: int, env: dict[str, 
 def report(results: dict[str, dict], counts: list[int], baseline_rev: str) -> None:
     new, old = results["new"], results["old"]
     load = os.getloadavg()[0]
-    print(f"## sweep --submit-only ({time.strftime('%Y-%m-%d')}, {platform.node() or 'vm'}, {os.cpu_count()} CPUs)")
+    where = f"{platform.node() or 'vm'}, {os.cpu_count()} CPUs"
+    print(f"## sweep --submit-only ({time.strftime('%Y-%m-%d')}, {where})")
     print(
         f"command: python benchmarks/sweep.py --submit-only --counts {','.join(map(str, counts))} "
         f"(old design: {baseline_rev}; load average at the end: {load:.1f})"
     )
     print()
-    print("| points | submit (s), this design | submit (s), old | disk per point (MB), this design | old | target |")
+    print("| points | submit (s) | submit (s), old | disk per point (MB) | disk, old (MB) | target |")
     print("| --- | --- | --- | --- | --- | --- |")
     for count in counts:
         a, b = new["rows"][count], old["rows"][count]
@@ -127,6 +137,7 @@ def report(results: dict[str, dict], counts: list[int], baseline_rev: str) -> No
         rate = row["import"]
         print(
             f"| import, {design} | {rate['points']} points in {rate['seconds']:.1f} s = "
-            f"{rate['points'] / rate['seconds']:.2f} points/s | `dvc exp show` {row['exp_show']:.1f} s | | | >= 2/s |"
+            f"{rate['points'] / rate['seconds']:.2f} points/s | `dvc exp show` {row['exp_show']:.1f} s "
+            "| | | >= 2/s |"
         )
     sys.stdout.flush()
