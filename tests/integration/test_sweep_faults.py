@@ -125,6 +125,18 @@ def test_an_experiment_name_that_exists_is_never_overwritten(tutorial_project: P
     assert found["s-lr-0.1"]["train"]["lr"] == 0.3  # the user's, untouched
     assert found["s-lr-0.1-2"]["train"]["lr"] == 0.1
     assert record.load(root, "s").points[0].experiment == "s-lr-0.1-2"
+    # the experiment as `dvc exp save` makes it (issue 17: made with git's plumbing): a
+    # child of HEAD holding the project with the point's files; no DVC-cached output in git
+    head = git(root, "rev-parse", "HEAD").strip()
+    ref = f"refs/exps/{head[:2]}/{head[2:]}/s-lr-0.1-2"
+    assert git(root, "log", "-1", "--format=%P %s", ref).split()[:4] == [head, "dvc:", "commit", "experiment"]
+    changed = set(git(root, "diff", "--name-only", "HEAD", ref).split())
+    assert {"params.yaml", "dvc.lock"} <= changed
+    assert all(c in ("params.yaml", "dvc.lock") or c.endswith(".gitignore") or c.startswith("eval/")
+               for c in changed), changed  # fmt: skip
+    tree = git(root, "ls-tree", "-r", "--name-only", ref).split()
+    assert set(git(root, "ls-tree", "-r", "--name-only", "HEAD").split()) <= set(tree)
+    assert not [f for f in tree if f.startswith(("data/", "models/")) and not f.endswith(".gitignore")]
 
 
 # --------------------------------------------------------------------------- the name
