@@ -12,7 +12,7 @@ Order of work, all on the login node, all before anything is queued:
 4. finish the workspaces (cache settings, the project's ``dvc.lock``) and write the
    sweep's record; a failure before this point removes the workspaces again;
 5. submit and, unless ``--detach``, wait (``drive``). A refused submission (MaxArraySize,
-   a submit limit) is one line, and removes the worktrees and the record.
+   a submit limit) is one line, and removes the workspaces and the record.
 
 ``resume`` submits the points that failed, were cancelled or never started, as a new array.
 """
