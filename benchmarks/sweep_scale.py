@@ -84,9 +84,13 @@ def import_rate(root: Path, name: str, count: int, env: dict[str, str]) -> dict[
     return found
 
 
-def exp_show_seconds(root: Path) -> float:
+def exp_show_seconds(root: Path, saved: int) -> float:
+    """How long ``dvc exp show`` takes to list the saved experiments (and that it lists them)."""
+    from sweep import experiments
+
     began = time.perf_counter()
-    sh("dvc", "exp", "show", "--json", cwd=root)
+    listed = experiments(root)
+    assert listed == saved, f"dvc exp show lists {listed} experiments, {saved} were saved"
     return time.perf_counter() - began
 
 
@@ -110,7 +114,11 @@ def scale(counts: list[int], baseline_rev: str, old_import: int, env: dict[str, 
             wanted = max(counts) if design == "new" else old_import
             finish_points(root, largest, design_env, 0 if design == "new" else wanted)
             rate = import_rate(root, largest, wanted, design_env)
-            results[design] = {"rows": rows, "import": rate, "exp_show": exp_show_seconds(root)}
+            results[design] = {
+                "rows": rows,
+                "import": rate,
+                "exp_show": exp_show_seconds(root, rate["saved"]),
+            }
             print(f"# {design}: {json.dumps(results[design])}", file=sys.stderr, flush=True)
     report(results, counts, baseline_rev)
 

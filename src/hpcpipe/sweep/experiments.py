@@ -83,25 +83,35 @@ def exp_hash(workspace: Path, stages: Sequence[str]) -> str:
     return dict_sha256({stage: entries[stage] for stage in stages if stage in entries})
 
 
-def ignore_outputs(workspace: Path, cached: Sequence[str], env: dict[str, str]) -> None:
-    """What ``dvc repro`` does in a git workspace, and cannot in a point's (``no_scm``):
-    each DVC-cached output there that git does not ignore yet gets its ``/NAME`` line in
-    the ``.gitignore`` beside it, so the experiment, applied, leaves no untracked output."""
-    present = [out for out in cached if (workspace / out).exists()]
+PRIVATE = (".dvc/config.local", ".dvc/tmp", ".dvc/cache", ".hpcpipe")  # never in an experiment
+
+
+def _not_ignored(workspace: Path, paths: Sequence[str], env: dict[str, str]) -> list[str]:
+    present = [path for path in paths if (workspace / path).exists()]
     if not present:
-        return
-    listed = "".join(f"{out}\n" for out in present).encode()
+        return []
+    listed = "".join(f"{path}\n" for path in present).encode()
     proc = subprocess.run(
         ["git", "check-ignore", "--stdin"], cwd=workspace, input=listed, capture_output=True, env=env
     )
     ignored = set(proc.stdout.decode().splitlines())
-    for out in present:
-        if out not in ignored:
-            folder, name = posixpath.split(out)
-            gitignore = workspace / folder / ".gitignore"
-            text = gitignore.read_text() if gitignore.exists() else ""
-            gitignore.unlink(missing_ok=True)  # a link to the sweep's checkout: never written through
-            gitignore.write_text(text + ("" if not text or text.endswith("\n") else "\n") + f"/{name}\n")
+    return [path for path in present if path not in ignored]
+
+
+def ignore_outputs(workspace: Path, cached: Sequence[str], env: dict[str, str]) -> list[str]:
+    """What ``dvc repro`` does in a git workspace, and cannot in a point's (``no_scm``):
+    each DVC-cached output there that git does not ignore yet gets its ``/NAME`` line in
+    the ``.gitignore`` beside it, so the experiment, applied, leaves no untracked output.
+    Returns the pathspecs that keep DVC's and hpcpipe's private files (``.dvc/config.local``,
+    ``.dvc/tmp``...) out of it where no ignore file does (git refuses to exclude an
+    ignored path, so only those)."""
+    for out in _not_ignored(workspace, cached, env):
+        folder, name = posixpath.split(out)
+        gitignore = workspace / folder / ".gitignore"
+        text = gitignore.read_text() if gitignore.exists() else ""
+        gitignore.unlink(missing_ok=True)  # a link to the sweep's checkout: never written through
+        gitignore.write_text(text + ("" if not text or text.endswith("\n") else "\n") + f"/{name}\n")
+    return [f":(exclude){path}" for path in _not_ignored(workspace, PRIVATE, env)]
 
 
 def save_experiment(root: Path, sweep: Sweep, workspace: Path, name: str) -> tuple[str, str]:
@@ -119,8 +129,8 @@ def save_experiment(root: Path, sweep: Sweep, workspace: Path, name: str) -> tup
             git(root, "read-tree", sweep.base_commit, env={**os.environ, "GIT_INDEX_FILE": str(index)})
         env = {**os.environ, "GIT_DIR": str(git_dir(root)), "GIT_WORK_TREE": str(workspace),
                "GIT_INDEX_FILE": str(index)}  # fmt: skip
-        ignore_outputs(workspace, sweep.cached_outs, env)  # so `add` never takes one into git
-        git(workspace, "add", "--ignore-removal", "--", ".", env=env)
+        private = ignore_outputs(workspace, sweep.cached_outs, env)  # never an output in git
+        git(workspace, "add", "--ignore-removal", "--", ".", *private, env=env)
         tree = git(workspace, "write-tree", env=env).decode().strip()
         message = f"dvc: commit experiment {exp_hash(workspace, sweep.affected)}"
         commit = git(workspace, "commit-tree", tree, "-p", sweep.base_commit, "-m", message, env=env)
