@@ -14,7 +14,10 @@ uploaded (``hpcpipe sync``). Finished points are saved first, as ``sweep status`
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
+import sys
 from pathlib import Path
 
 from hpcpipe.launch.launcher import say
@@ -37,7 +40,8 @@ def _unsynced_runs(root: Path, name: str) -> int:
 
 def clean(root: Path, name: str) -> int:
     sweep = record.load(root, name)
-    refresh(root, sweep)
+    with contextlib.redirect_stderr(io.StringIO()) as seen:  # a refusal is one line; else said below
+        refresh(root, sweep)
     record.save(root, sweep)
     running = live(sweep.points)
     if running:
@@ -58,6 +62,7 @@ def clean(root: Path, name: str) -> int:
             f"sweep {name}: {unsynced} W&B run(s) of its points are not uploaded yet; "
             "run hpcpipe sync first (or remove their wandb/ folders yourself)"
         )
+    sys.stderr.write(seen.getvalue())  # the points saved just now
     folder = record.sweep_dir(root, name)
     workspace.discard(root, [root / p.workspace for p in sweep.points])
     shutil.rmtree(folder)
