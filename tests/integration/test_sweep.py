@@ -1,4 +1,4 @@
-"""``hpcpipe sweep`` end to end: real dvc, real git worktrees, real jobs.
+"""``hpcpipe sweep`` end to end: real dvc, real git, point workspaces, real jobs.
 
 Local sweeps run submitit's local executor; the array test runs on the real
 one-node Slurm test cluster (slurm/testcluster). W&B is the real library, offline.
