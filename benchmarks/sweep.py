@@ -19,6 +19,18 @@ Measured, in one invocation:
           saves them; DVC: queue, start 2 workers, poll ``dvc queue status`` until none
           is queued or running).
 Targets (issue 5): hpcpipe's submit < 2 s; its wall time no worse than DVC's queue.
+
+``--submit-only`` (issue 17) is the scale mode: 16, 64, 256 and 1,000 points
+(``--counts``), each ``hpcpipe sweep --detach`` on the test cluster and cancelled at
+once, in a copy of the whole example repository as committed (its tests/ data included,
+which no stage reads), for this design and for the one before it (the hpcpipe source
+of ``--baseline-rev``, run from a ``git archive`` of it: a git worktree and a
+``dvc exp save`` per point) in the same run. It reports the submit seconds, the disk
+each point costs (``du`` of the sweep's folder, hard links counted once, over the
+points), and the import rate: the train and evaluate outputs of one real run are put
+in every point's folder, and the points are saved as experiments as ``sweep status``
+saves them (``experiments.import_point``; the old design on ``--old-import`` points).
+
 Prints a Markdown block to paste into benchmarks/RESULTS.md.
 """
 
@@ -43,6 +55,7 @@ PROJECT_FILES = ("dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", ".g
 SAMPLE = REPO / "tests" / "data" / "cifar10-sample.tar.xz"
 LRS = ("0.1", "0.05", "0.02", "0.01", "0.005", "0.002", "0.001", "0.0005")
 BATCHES = ("16", "32", "48", "64")
+BASELINE_REV = "b62f1d7"  # main before issue 17: a git worktree and a `dvc exp save` per point
 
 
 def grid(points: int) -> list[str]:
@@ -62,11 +75,15 @@ def sh(*command: str, cwd: Path, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
-def make_project(root: Path, raw: Path, env: dict[str, str]) -> None:
-    """The example project, shrunk; prepare reproduced and everything committed."""
+def make_project(root: Path, raw: Path, env: dict[str, str], whole: bool = False) -> None:
+    """The example project, shrunk; prepare reproduced and everything committed. ``whole``:
+    every file the repository commits (tests/ data and all), as a user's clone has them."""
     import yaml
 
-    for name in PROJECT_FILES:
+    if whole:
+        archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+    for name in () if whole else PROJECT_FILES:
         src, dst = REPO / name, root / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
@@ -145,6 +162,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--points", type=int, default=16, choices=(4, 8, 16, 32))
     parser.add_argument("--repeat", type=int, default=5, help="detached submissions timed (median)")
+    parser.add_argument("--submit-only", action="store_true", help="the scale mode (module docstring)")
+    parser.add_argument("--counts", default="16,64,256,1000", help="--submit-only: points per sweep")
+    parser.add_argument("--baseline-rev", default=BASELINE_REV, help="--submit-only: the old design's commit")
+    parser.add_argument("--old-import", type=int, default=16, help="--submit-only: points the old one saves")
     args = parser.parse_args()
     os.environ["SLURM_CONF"], started = start_cluster()
     env = {
@@ -156,6 +177,15 @@ def main() -> None:
         "GIT_COMMITTER_NAME": "bench",
         "GIT_COMMITTER_EMAIL": "bench@example.invalid",
     }
+    if args.submit_only:
+        try:
+            from sweep_scale import scale
+
+            scale([int(c) for c in args.counts.split(",")], args.baseline_rev, args.old_import, env)
+        finally:
+            if started:
+                subprocess.run(["bash", str(REPO / "slurm/testcluster/stop")], capture_output=True)
+        return
     try:
         with tempfile.TemporaryDirectory() as tmp:
             with tarfile.open(SAMPLE) as archive:

@@ -10,7 +10,7 @@
     hpcpipe fetch                       download the raw data named in params.yaml
     hpcpipe sync [--dry-run] [--jobs N] [--watch]   upload finished offline W&B runs, once
     hpcpipe sweep -S KEY=VALUES ...     a grid as one job array; points come back as DVC experiments
-    hpcpipe sweep status|resume NAME    a sweep's points; resubmit its failed ones
+    hpcpipe sweep status|resume|clean NAME   a sweep's points; resubmit its failed ones; remove its folders
 
 Exit status 2 means bad input (params, profile, arguments): one line says what
 and where, and nothing was submitted.
@@ -97,7 +97,7 @@ def _sweep_parsers() -> dict[str, argparse.ArgumentParser]:
     start = argparse.ArgumentParser(
         prog="hpcpipe sweep",
         description="Run a grid of params as ONE job array; each point comes back as a DVC experiment. "
-        "Also: hpcpipe sweep status NAME, hpcpipe sweep resume NAME.",
+        "Also: hpcpipe sweep status NAME, hpcpipe sweep resume NAME, hpcpipe sweep clean NAME.",
         exit_on_error=False,
     )
     start.add_argument(
@@ -116,13 +116,15 @@ def _sweep_parsers() -> dict[str, argparse.ArgumentParser]:
     resume.add_argument("name")
     resume.add_argument("--parallelism", type=int, metavar="N")
     resume.add_argument("--detach", action="store_true")
-    return {"start": start, "status": status, "resume": resume}
+    clean = argparse.ArgumentParser(prog="hpcpipe sweep clean", exit_on_error=False)
+    clean.add_argument("name")
+    return {"start": start, "status": status, "resume": resume, "clean": clean}
 
 
 def cmd_sweep(rest: list[str]) -> int:
     from hpcpipe.sweep import report, start
 
-    action = rest[0] if rest and rest[0] in ("status", "resume") else "start"
+    action = rest[0] if rest and rest[0] in ("status", "resume", "clean") else "start"
     parser = _sweep_parsers()[action]
     try:
         args = parser.parse_args(rest[1:] if action != "start" else rest)
@@ -133,6 +135,10 @@ def cmd_sweep(rest: list[str]) -> int:
         return report.status(root, args.name)
     if action == "resume":
         return start.resume(root, args.name, args.parallelism, args.detach)
+    if action == "clean":
+        from hpcpipe.sweep.clean import clean
+
+        return clean(root, args.name)
     if not args.overrides:
         raise UsageError("hpcpipe sweep: give at least one -S KEY=VALUES (e.g. -S train.lr=0.1,0.05)")
     request = start.SweepRequest(

@@ -1,4 +1,4 @@
-"""``hpcpipe sweep`` end to end: real dvc, real git worktrees, real jobs.
+"""``hpcpipe sweep`` end to end: real dvc, real git, point workspaces, real jobs.
 
 Local sweeps run submitit's local executor; the array test runs on the real
 one-node Slurm test cluster (slurm/testcluster). W&B is the real library, offline.
@@ -7,6 +7,8 @@ one-node Slurm test cluster (slurm/testcluster). W&B is the real library, offlin
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import time
@@ -129,6 +131,20 @@ def test_local_sweep_runs_points_in_parallel_and_each_becomes_an_experiment(proj
     assert (params["train"]["lr"], params["train"]["batch_size"]) == (0.1, 16)
     assert (project / "models" / "model.pt").exists()  # from the shared cache
 
+    # `sweep clean`: refused while a point's W&B run is not uploaded, then removes the
+    # workspaces and keeps the experiments (no W&B server here: the runs are removed by
+    # hand, as the refusal says one may)
+    refused = run_cli("sweep", "clean", "grid", cwd=project)
+    assert refused.returncode == 2 and "W&B run(s) of its points are not uploaded" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    for point in sweep.points:
+        shutil.rmtree(project / point.workspace / "wandb")
+    cleaned = run_cli("sweep", "clean", "grid", cwd=project)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "removed its 4 workspaces" in cleaned.stderr
+    assert not (project / record.SWEEPS_DIR / "grid").exists()
+    assert sorted(n for n in experiments(project) if n.startswith("grid-")) == names
+
 
 # --------------------------------------------------------------------------- Slurm job array
 def wait_until_final(project: Path, name: str, timeout_s: float = 300) -> record.Sweep:
@@ -161,6 +177,9 @@ def test_slurm_sweep_is_one_array_prepare_runs_once_and_resume_reruns_only_the_f
         assert time.monotonic() < deadline and waiting.poll() is None, "the sweep never wrote its record"
         time.sleep(0.1)
     sweep = record.load(project, "arr")
+    busy = run_cli("sweep", "clean", "arr", cwd=project)  # its points are queued: nothing removed
+    assert busy.returncode == 2 and "still queued or running" in busy.stderr, busy.stderr
+    assert len(busy.stderr.strip().splitlines()) == 1 and path.exists()
     # Break the last point's workspace while it waits behind the %2 limit: a missing
     # stage dependency makes its `dvc repro` fail, as a lost file on scratch would.
     broken = project / sweep.points[-1].workspace / "src" / "hpcpipe" / "stages" / "train.py"
@@ -184,7 +203,8 @@ def test_slurm_sweep_is_one_array_prepare_runs_once_and_resume_reruns_only_the_f
     assert "Running stage 'train'" in logs and "Running stage 'prepare'" not in logs
     assert len([n for n in experiments(project) if n.startswith("arr-")]) == 3  # the others are kept
 
-    git(project / sweep.points[-1].workspace, "checkout", "--", "src/hpcpipe/stages/train.py")
+    base = project / record.SWEEPS_DIR / "arr" / "base" / "src" / "hpcpipe" / "stages" / "train.py"
+    os.link(base, broken)  # the point's link to the sweep's checkout, back
     resumed = run_cli("sweep", "resume", "arr", "--detach", cwd=project, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "resubmitting 1 of 4 points" in resumed.stderr
@@ -223,17 +243,54 @@ def test_ctrl_c_cancels_the_running_point_and_keeps_the_rest_resumable(project: 
         time.sleep(0.2)
 
 
-def test_sixteen_workspaces_made_at_once_all_come_out_whole(project: Path):
-    """Two `git worktree add` at once in one repo fail now and then (seen 4 in 128 here);
-    the workspaces are made by 4 threads, so their adds must take turns."""
-    from hpcpipe.sweep.points import make_workspaces, points_of
+def du_bytes(path: Path) -> int:
+    """Disk used under ``path``, each hard-linked file counted once (du's own rule)."""
+    return int(
+        subprocess.run(["du", "-s", "-B1", str(path)], capture_output=True, text=True).stdout.split()[0]
+    )
 
+
+def test_a_points_workspace_holds_only_what_its_stages_need(project: Path):
+    """Issue 17: a 50 MB file no stage reads (made here, in the test's repo) is in no
+    workspace; each point costs well under 0.5 MB beyond the sweep's one checkout, and
+    still has what DVC and its stages need, uncommitted changes included."""
+    from hpcpipe.sweep import snapshot, workspace
+    from hpcpipe.sweep.pipeline import DvcProject, plan
+    from hpcpipe.sweep.points import index_path, make_workspaces, points_of
+
+    (project / "notebooks").mkdir(exist_ok=True)
+    with open(project / "notebooks" / "big.bin", "wb") as handle:
+        handle.write(os.urandom(50 * 1024 * 1024))
     commit_all(project)
+    train = project / "src" / "hpcpipe" / "stages" / "train.py"
+    train.write_text(train.read_text() + "\n# an uncommitted change\n")
     grid = [{"train.lr": 0.01 * (i + 1)} for i in range(16)]
     points = points_of("many", grid)
-    head = git(project, "rev-parse", "HEAD").strip()
-    make_workspaces(project, "many", points, head)
+    index = index_path(project, "many")
+    snapshot.snapshot(project, workspace.base_commit(project), index)
+    with DvcProject(project) as dvc:
+        nodes = dvc.nodes()
+        cache = dvc.cache_dir()
+    affected = plan(nodes, ["train.lr"]).affected
+    make_workspaces(project, "many", points, snapshot.tree_files(project, index), nodes, affected)
+    folder = project / record.SWEEPS_DIR / "many"
     for point in points:
-        params = yaml.safe_load((project / point.workspace / "params.yaml").read_text())
+        where = project / point.workspace
+        params = yaml.safe_load((where / "params.yaml").read_text())
         assert params["train"]["lr"] == point.overrides["train.lr"]
-        assert git(project / point.workspace, "rev-parse", "HEAD").strip() == head
+        assert (where / "src" / "hpcpipe" / "stages" / "train.py").read_text() == train.read_text()
+        assert (where / "dvc.yaml").exists() and (where / "data" / "raw.dvc").exists()
+        assert not (where / "notebooks").exists() and not (where / "tests").exists()
+    assert not list(folder.rglob("big.bin"))
+    per_point = (du_bytes(folder) - du_bytes(folder / "base")) / len(points)
+    assert per_point <= 0.5e6, per_point
+    assert du_bytes(folder / "base") < 2e6  # the code and DVC files, never the 50 MB
+
+    first = project / points[0].workspace
+    workspace.finish(project, first, cache)
+    listed = subprocess.run(["dvc", "stage", "list"], cwd=first, capture_output=True, text=True)
+    assert listed.returncode == 0 and "train" in listed.stdout, listed.stderr
+    no_scm = subprocess.run(["dvc", "config", "core.no_scm"], cwd=first, capture_output=True, text=True)
+    assert no_scm.stdout.strip() == "true"  # DVC in a point never stages files in the project's git
+    changed = git(project, "status", "--porcelain", "--untracked-files=no").splitlines()
+    assert changed == [" M src/hpcpipe/stages/train.py"]  # the project's index untouched

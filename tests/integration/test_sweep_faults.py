@@ -125,6 +125,18 @@ def test_an_experiment_name_that_exists_is_never_overwritten(tutorial_project: P
     assert found["s-lr-0.1"]["train"]["lr"] == 0.3  # the user's, untouched
     assert found["s-lr-0.1-2"]["train"]["lr"] == 0.1
     assert record.load(root, "s").points[0].experiment == "s-lr-0.1-2"
+    # the experiment as `dvc exp save` makes it (issue 17: made with git's plumbing): a
+    # child of HEAD holding the project with the point's files; no DVC-cached output in git
+    head = git(root, "rev-parse", "HEAD").strip()
+    ref = f"refs/exps/{head[:2]}/{head[2:]}/s-lr-0.1-2"
+    assert git(root, "log", "-1", "--format=%P %s", ref).split()[:4] == [head, "dvc:", "commit", "experiment"]
+    changed = set(git(root, "diff", "--name-only", "HEAD", ref).split())
+    assert {"params.yaml", "dvc.lock"} <= changed
+    assert all(c in ("params.yaml", "dvc.lock") or c.endswith(".gitignore") or c.startswith("eval/")
+               for c in changed), changed  # fmt: skip
+    tree = git(root, "ls-tree", "-r", "--name-only", ref).split()
+    assert set(git(root, "ls-tree", "-r", "--name-only", "HEAD").split()) <= set(tree)
+    assert not [f for f in tree if f.startswith(("data/", "models/")) and not f.endswith(".gitignore")]
 
 
 # --------------------------------------------------------------------------- the name
@@ -233,3 +245,62 @@ def test_ctrl_c_during_submission_leaves_the_array_tracked_and_cancelled(
         assert all(state.startswith("CANCELLED") for state in queued.values()), queued
     finally:
         subprocess.run(["scancel", "--name", f"hpcpipe-sweep-{unique_name}"], check=False)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_grid_larger_than_max_array_size_goes_out_as_arrays_one_after_another(
+    tutorial_project: Path, slurm_cluster, tmp_path_factory, monkeypatch, unique_name: str
+):
+    """Issue 17: on a second test cluster with MaxArraySize=2, five points go out as three
+    arrays (2 + 2 + 1), said in one line; each later array waits for the end of the one
+    before (afterany) and each runs at most --parallelism tasks, so that is the cap over
+    all of them; `status` and `resume` take the three as one sweep."""
+    from tests.support.slurm import second_cluster
+
+    root = tutorial_project
+    with second_cluster(tmp_path_factory.mktemp("tc-arrays"), max_array_size="2") as conf:
+        monkeypatch.setenv("SLURM_CONF", str(conf))
+        monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
+        grid = ["-S", "train.lr=0.1,0.2,0.3,0.4,0.5", "--parallelism", "1", "--name", unique_name]
+        done = run_cli("sweep", *grid, "--detach", cwd=root)
+        assert done.returncode == 0, done.stderr
+        said = [line for line in done.stderr.splitlines() if "submitted as" in line]
+        assert len(said) == 1 and "5 points submitted as 3 job arrays" in said[0], done.stderr
+        assert "MaxArraySize is 2" in said[0] and "at most 1 at once" in said[0], said
+
+        def arrays_of(sweep: record.Sweep) -> list[str]:
+            return list(dict.fromkeys(p.attempts[-1].job_id.split("_")[0] for p in sweep.points))
+
+        sweep = record.load(root, unique_name)
+        arrays = arrays_of(sweep)
+        assert [p.attempts[-1].job_id for p in sweep.points] == [
+            f"{arrays[0]}_0", f"{arrays[0]}_1", f"{arrays[1]}_0", f"{arrays[1]}_1", arrays[2]
+        ]  # fmt: skip
+        try:
+            shown = {a: subprocess.run(["scontrol", "show", "job", a], capture_output=True, text=True).stdout
+                     for a in arrays}  # fmt: skip
+            assert f"Dependency=afterany:{arrays[0]}" in shown[arrays[1]], shown[arrays[1]]
+            assert f"Dependency=afterany:{arrays[1]}" in shown[arrays[2]], shown[arrays[2]]
+            assert "ArrayTaskThrottle=1" in shown[arrays[0]] and "ArrayTaskThrottle=1" in shown[arrays[1]]
+
+            status = run_cli("sweep", "status", unique_name, cwd=root)
+            assert status.returncode == 0, status.stderr
+            rows = [line for line in status.stdout.splitlines()[1:] if line.strip()[:1].isdigit()]
+            assert len(rows) == 5, status.stdout  # one table, whatever array a point is in
+        finally:
+            subprocess.run(["scancel", *arrays], check=False)
+        deadline = time.monotonic() + 60
+        while any(p.state != "CANCELLED" for p in record.load(root, unique_name).points):
+            assert time.monotonic() < deadline, [p.state for p in record.load(root, unique_name).points]
+            run_cli("sweep", "status", unique_name, cwd=root)
+            time.sleep(1)
+        resumed = run_cli("sweep", "resume", unique_name, "--detach", cwd=root)
+        try:
+            assert resumed.returncode == 0, resumed.stderr
+            assert "resubmitting 5 of 5 points" in resumed.stderr
+            assert "5 points submitted as 3 job arrays" in resumed.stderr
+            again = arrays_of(record.load(root, unique_name))
+            assert len(again) == 3 and not set(again) & set(arrays)
+        finally:
+            subprocess.run(["scancel", *arrays_of(record.load(root, unique_name))], check=False)

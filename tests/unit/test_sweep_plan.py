@@ -11,9 +11,10 @@ from hpcpipe.config import Profile, Resources
 from hpcpipe.launch.profiles import sweep_resources
 from hpcpipe.launch.slurm_state import parse_array
 from hpcpipe.sweep import record
+from hpcpipe.sweep.params_text import PointParams, full_text
 from hpcpipe.sweep.pipeline import StageNode, plan
 from hpcpipe.sweep.task import run_point, task_env
-from hpcpipe.sweep.workspace import load_round_trip, write_point_params
+from hpcpipe.sweep.workspace import load_round_trip
 from hpcpipe.validation import ConfigError
 
 # The example project's pipeline as DVC's index gives it (see DvcProject.nodes).
@@ -184,14 +185,37 @@ def test_point_params_keep_comments_and_set_the_wandb_group(tmp_path: Path):
     source.write_text(
         "# top comment\ntrain:\n  lr: 0.05  # peak\n  epochs: 40\nwandb:\n  enabled: false\n  group: null\n"
     )
-    target = tmp_path / "point.yaml"
     base = load_round_trip(source)
-    write_point_params(base, target, {"train.lr": 0.1, "train.epochs": 10}, group="mysweep")
-    text = target.read_text()
+    text = PointParams(base, ["train.lr", "train.epochs"], "mysweep").text(
+        {"train.lr": 0.1, "train.epochs": 10}
+    )
     assert "# top comment" in text and "# peak" in text
     assert "lr: 0.1" in text and "epochs: 10" in text and "group: mysweep" in text
     assert "lr: 0.05" in source.read_text()  # the project's file is untouched
     assert base["train"]["lr"] == 0.05  # and so is the document every point starts from
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"train.lr": 1e-05, "train.name": "a b", "train.flag": True},
+        {"train.lr": 0.1, "train.name": "yes", "train.flag": False},  # a string YAML would read as a bool
+        {"train.lr": 3, "train.name": "x: y", "train.flag": None},
+        {"train.lr": 0.5, "train.name": "line\nbreak", "train.flag": True},  # two lines: a full dump
+    ],
+)
+def test_point_params_from_the_template_are_ruamels_own_dump(tmp_path: Path, values):
+    """The fast path (one dump, values put in as text) gives byte for byte what a full
+    ruamel dump of each point gives, comments and odd values included."""
+    source = tmp_path / "params.yaml"
+    source.write_text(
+        "# top\ntrain:\n  lr: 0.05    # peak, aligned\n  name: plain\n  flag: false\n"
+        "  list: [1, 2]\nwandb:\n  group: null  # set by sweeps\n"
+    )
+    base = load_round_trip(source)
+    template = PointParams(base, list(values), "g")
+    assert template.usable
+    assert template.text(values) == full_text(base, values, "g")
 
 
 def test_the_task_runs_stages_inline_with_the_workspaces_code(tmp_path: Path):
@@ -212,3 +236,15 @@ def test_a_sweep_task_is_requeued_at_the_time_limit_not_failed():
     again = run_point.checkpoint("/ws/001-a", ["prepare"], ["train", "evaluate"])
     assert isinstance(again, DelayedSubmission)
     assert again.function is run_point and again.args == ("/ws/001-a", ["prepare"], ["train", "evaluate"])
+
+
+def test_point_params_of_the_example_project_are_ruamels_own_dump():
+    """The example's params.yaml (aligned comments after the swept values) over a grid."""
+    base = load_round_trip(Path(__file__).resolve().parents[2] / "params.yaml")
+    template = PointParams(base, ["train.lr", "train.model", "train.augment"], "lr-study")
+    assert template.usable
+    for point in (
+        {"train.lr": 0.0001, "train.model": "resnet18", "train.augment": False},
+        {"train.lr": 12.5, "train.model": "a much longer model name than the column", "train.augment": True},
+    ):
+        assert template.text(point) == full_text(base, point, "lr-study")

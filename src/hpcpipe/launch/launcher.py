@@ -348,12 +348,16 @@ def submit_array(
     arg_lists: list[list[Any]],
     folder: Path,
     at_once: int,
+    after: str | None = None,
 ) -> list[Any]:
-    """The same path for a job array (a sweep): ONE sbatch, at most ``at_once`` tasks running."""
+    """The same path for a job array (a sweep): ONE sbatch, at most ``at_once`` tasks running;
+    ``after``: a job (array) id whose end, whatever its outcome, this array waits for."""
     _refuse_open_project(root, profile)
     private_folder(folder, root)
     executor = prepared_executor(profile, name, folder, requeue=resumable(function))
-    executor.update_parameters(array_parallelism=at_once)
+    executor.update_parameters(
+        array_parallelism=at_once, **({"dependency": f"afterany:{after}"} if after else {})
+    )
     jobs = executor.map_array(function, *arg_lists)
     ledger_for(root, profile).put(ledger_entry(name, jobs[0], profile, "", folder))
     return jobs

@@ -32,6 +32,7 @@ class StageNode:
     source: bool = False
     param_files: tuple[str, ...] = ()  # every params file it reads (params.yaml included)
     cmd: str = ""  # as DVC resolved it
+    cached: tuple[str, ...] = ()  # the outs kept in DVC's cache (not in git)
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class DvcProject:
                     source=stage.is_data_source,
                     param_files=tuple(param_files),
                     cmd=stage.cmd if isinstance(getattr(stage, "cmd", None), str) else "",
+                    cached=tuple(self._rel(o.fs_path) for o in stage.outs if o.use_cache),
                 )
             )
         return nodes

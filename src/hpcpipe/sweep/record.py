@@ -62,6 +62,8 @@ class Sweep:
     parallelism: int
     created_at: float = field(default_factory=time.time)
     points: list[Point] = field(default_factory=list)
+    tree: str = ""  # the snapshot the points were made from (HEAD + uncommitted changes)
+    cached_outs: list[str] = field(default_factory=list)  # affected stages' outs in DVC's cache
 
     def experiment_name(self, point: Point) -> str:
         return f"{self.name}-{point.name}"

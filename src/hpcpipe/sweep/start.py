@@ -4,15 +4,15 @@ Order of work, all on the login node, all before anything is queued:
 
 1. expand and validate every point (``grid``): a bad value fails in milliseconds;
    then claim the sweep's name (``record.claim``: one of two sweeps of one name goes on);
-2. start making one worktree per point (``workspace``), in a background thread;
-3. meanwhile plan the pipeline (``pipeline``): which stages the swept keys change,
-   and check that the unchanged upstream stages are up to date (``freshness``);
-   if not, bring them up to date once, in the project (``dvc repro prepare`` with
-   the same cluster profile);
-4. finish the worktrees (cache settings, the project's ``dvc.lock``) and write the
-   sweep's record; a failure before this point removes the worktrees again;
+2. take the project's snapshot (``snapshot``: HEAD + uncommitted changes, a git tree);
+3. plan the pipeline (``pipeline``): which stages the swept keys change; check out once
+   what their points need and link one folder per point from it (``points``); check
+   that the unchanged upstream stages are up to date (``freshness``); if not, bring
+   them up to date once, in the project (``dvc repro prepare``, same cluster profile);
+4. finish the workspaces (cache settings, the project's ``dvc.lock``) and write the
+   sweep's record; a failure before this point removes the workspaces again;
 5. submit and, unless ``--detach``, wait (``drive``). A refused submission (MaxArraySize,
-   a submit limit) is one line, and removes the worktrees and the record.
+   a submit limit) is one line, and removes the workspaces and the record.
 
 ``resume`` submits the points that failed, were cancelled or never started, as a new array.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +29,10 @@ from hpcpipe.config import Profile, load_profile, resolve_profile_name
 from hpcpipe.launch.executors import backend
 from hpcpipe.launch.launcher import say
 from hpcpipe.stage_function import function_schemas
-from hpcpipe.sweep import drive, freshness, record, workspace
+from hpcpipe.sweep import drive, freshness, record, snapshot, workspace
 from hpcpipe.sweep.grid import expand_grid, random_subset, validate_points
 from hpcpipe.sweep.pipeline import DvcProject, plan
-from hpcpipe.sweep.points import make_workspaces, points_of, remove_unsubmitted
+from hpcpipe.sweep.points import index_path, make_workspaces, points_of, remove_unsubmitted
 from hpcpipe.sweep.record import Point, Sweep
 from hpcpipe.sweep.report import table
 from hpcpipe.sweep.submit import SubmitRefused
@@ -69,11 +68,9 @@ def start(root: Path, request: SweepRequest) -> int:
     commit = workspace.base_commit(root)
     entries = points_of(name, points)
     record.claim(root, name)  # from here on, a failure removes what this sweep made
-    # The worktrees are git's work, in subprocesses: they are made while this process
-    # opens DVC's index, plans, and checks that the reused stages are up to date. On
-    # any failure before the record is written they are removed again.
-    with _unless_submitted(root, name, entries), ThreadPoolExecutor(max_workers=1) as background:
-        making = background.submit(make_workspaces, root, name, entries, commit)
+    with _unless_submitted(root, name, entries):
+        index = index_path(root, name)
+        tree = snapshot.snapshot(root, commit, index)
         with DvcProject(root) as project:
             nodes = project.nodes()
             sweep_plan = plan(nodes, keys)
@@ -90,9 +87,9 @@ def start(root: Path, request: SweepRequest) -> int:
             if missing:
                 listed = ", ".join(missing[:5])
                 say(f"not in the points' workspaces (untracked; git add them to include): {listed}")
+            make_workspaces(root, name, entries, snapshot.tree_files(root, index), nodes, sweep_plan.affected)
             cache_dir = project.cache_dir()
             stale = freshness.stale(project, nodes, sweep_plan.reused)
-        making.result()
         if stale:
             say(f"sweep {name}: bringing {', '.join(sweep_plan.upstream)} up to date once, for every point")
             from hpcpipe.launch.driver import repro_in_foreground
@@ -114,6 +111,8 @@ def start(root: Path, request: SweepRequest) -> int:
             metrics=list(sweep_plan.metrics),
             parallelism=parallelism,
             points=entries,
+            tree=tree,
+            cached_outs=sorted({o for n in nodes for o in n.cached}),
         )
         record.save(root, sweep)
     try:
@@ -150,7 +149,7 @@ def resume(root: Path, name: str, parallelism: int | None, detach: bool) -> int:
 
 @contextlib.contextmanager
 def _unless_submitted(root: Path, name: str, points: Sequence[Point]) -> Iterator[None]:
-    """On any failure (or Ctrl-C) before the sweep's record is written, remove its worktrees:
+    """On any failure (or Ctrl-C) before the sweep's record is written, remove its workspaces:
     a later sweep of the same name must not find, and reuse, workspaces of other params."""
     try:
         yield

@@ -93,28 +93,77 @@ class ArraySubmission:
 
         sweep, root = self.sweep, self.root
         tuned_profile, key = tuned(sweep, self.profile)
-        n = len(points)
-        args = [[str(root / p.workspace) for p in points], [sweep.checkout] * n, [sweep.affected] * n]
-        folder, at_once = job_folder(root, sweep.name), min(sweep.parallelism, n)
-        # submitit prints sbatch's stderr before raising it: kept here, said once, as one line
-        with contextlib.redirect_stderr(io.StringIO()) as chatter, _unsignalled_children():
-            try:
-                jobs = submit_array(root, tuned_profile, key, run_point, args, folder, at_once)
-            except (FailedJobError, OSError, subprocess.SubprocessError) as err:
-                raise SubmitRefused(f"sbatch refused the array: {last_line(str(err))}") from None
-        sys.stderr.write(chatter.getvalue())
-        now = time.time()
-        for point, job in zip(points, jobs, strict=True):
-            where = str(Path(job.paths.folder).resolve())
-            point.attempts.append(Attempt(str(job.job_id), self.profile.executor, where, now))
-            point.state = "PENDING"
-        first = str(jobs[0].job_id)
-        # submitit submits an array of one task as a plain job
-        what = f"job array {first.split('_')[0]}" if "_" in first else f"job {first}"
-        say(f"sweep {sweep.name}: {n} point(s) submitted as {what} (at most {sweep.parallelism} at once)")
+        folder, at_once = job_folder(root, sweep.name), min(sweep.parallelism, len(points))
+        limit = max_array_size()
+        arrays: list[str] = []
+        parts = chunks(points, limit)
+        for part in parts:
+            n = len(part)
+            args = [[str(root / p.workspace) for p in part], [sweep.checkout] * n, [sweep.affected] * n]
+            after = arrays[-1] if arrays else None  # one array at a time: --parallelism holds over all
+            # submitit prints sbatch's stderr before raising it: kept here, said once, as one line
+            with contextlib.redirect_stderr(io.StringIO()) as chatter, _unsignalled_children():
+                try:
+                    jobs = submit_array(
+                        root, tuned_profile, key, run_point, args, folder, min(at_once, n), after
+                    )
+                except (FailedJobError, OSError, subprocess.SubprocessError) as err:
+                    reason = last_line(str(err))
+                    if arrays:  # all or nothing: the arrays queued before it are cancelled
+                        self._take_back(points[: sum(len(q) for q in parts[: len(arrays)])], arrays)
+                        raise SubmitRefused(
+                            f"sbatch refused array {len(arrays) + 1} of {len(parts)}: {reason} "
+                            "(the arrays queued before it were cancelled)"
+                        ) from None
+                    raise SubmitRefused(f"sbatch refused the array: {reason}") from None
+            sys.stderr.write(chatter.getvalue())
+            now = time.time()
+            for point, job in zip(part, jobs, strict=True):
+                where = str(Path(job.paths.folder).resolve())
+                point.attempts.append(Attempt(str(job.job_id), self.profile.executor, where, now))
+                point.state = "PENDING"
+            arrays.append(str(jobs[0].job_id).split("_")[0])
+        say(f"sweep {sweep.name}: {_submitted(points, arrays, limit)}; at most {sweep.parallelism} at once")
+
+    def _take_back(self, points: Sequence[Point], arrays: Sequence[str]) -> None:
+        backend(self.profile.executor).cancel(list(arrays))
+        for point in points:
+            point.attempts.pop()
+            point.state = "NEW"
 
     def fill(self, points: Sequence[Point]) -> None:
         """Nothing to do: the scheduler starts the array's tasks."""
 
     def cancel(self) -> None:
         """Nothing held here: the array's tasks are cancelled by id, like any recorded job."""
+
+
+def max_array_size() -> int | None:
+    """The site's MaxArraySize (``scontrol show config``): an array's task indices stay below
+    it. None where Slurm does not say (then one array, and sbatch's own word if too big)."""
+    from hpcpipe.launch.checks import parse_slurm_config
+
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    value = parse_slurm_config(out.stdout).get("MaxArraySize", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def chunks(points: Sequence[Point], limit: int | None) -> list[Sequence[Point]]:
+    """``points`` in arrays of at most ``limit`` tasks (indices 0 to limit-1), in order."""
+    size = limit or max(1, len(points))
+    return [points[i : i + size] for i in range(0, len(points), size)]
+
+
+def _submitted(points: Sequence[Point], arrays: Sequence[str], limit: int | None) -> str:
+    if len(arrays) > 1:
+        return (
+            f"{len(points)} points submitted as {len(arrays)} job arrays {', '.join(arrays)}, "
+            f"each starting when the one before has ended (the site's MaxArraySize is {limit})"
+        )
+    first = points[0].attempts[-1].job_id
+    # submitit submits an array of one task as a plain job
+    what = f"job array {arrays[0]}" if "_" in first else f"job {first}"
+    return f"{len(points)} point(s) submitted as {what}"

@@ -1,38 +1,39 @@
-"""One workspace per sweep point: a git worktree that shares the project's DVC cache.
+"""One workspace per sweep point: the files its stages need, linked from the sweep's snapshot.
 
-Why worktrees: DVC takes one repo-wide lock (``.dvc/tmp/rwlock``) per workspace,
-so parallel ``dvc repro`` runs in one workspace fight over it, worse on shared
-filesystems (DVC issues 7419, 7029, 6097). A worktree has its own ``.dvc/tmp``
-and so its own lock, while its git objects and refs are the project's: an
-experiment saved in it shows up in the project's ``dvc exp show``.
+Why not a git worktree per point: DVC takes one repo-wide lock (``.dvc/tmp/rwlock``)
+per workspace, so each point needs its own folder (DVC issues 7419, 7029, 6097), but
+a worktree holds the whole repository and costs a ``git worktree add``. A point's
+folder holds only what ``snapshot.needed`` lists, hard-linked from the sweep's
+``base/`` checkout (no data copied; a file a stage writes is a copy of its own), plus
+its own params.yaml with the point applied, the project's current ``dvc.lock`` (so
+stages the sweep does not change are seen as up to date) and ``.dvc/config.local``.
 
-Each workspace is the project's HEAD plus the project's uncommitted changes to
-tracked files (as ``dvc exp run`` takes them), the project's current ``dvc.lock``
-(so stages the sweep does not change are seen as up to date) and its own
-params.yaml with the point applied. Its ``.dvc/config.local`` is the project's,
-pointed at the project's cache with links before copies, so outputs reused from
-upstream stages cost a link, not a copy.
+The folder is not a git repository: its ``.dvc/config.local`` says ``core.no_scm``, so
+DVC never touches the project's git from a point (with git, DVC would stage its
+files in the project's index). The experiment is made from the folder by
+``experiments``, against the sweep's snapshot, with git's own plumbing.
+The config is otherwise the project's, pointed at the project's cache with links
+before copies, so outputs reused from upstream stages cost a link, not a copy.
 """
 
 from __future__ import annotations
 
-import copy
+import os
+import posixpath
 import shutil
 import subprocess
-import threading
-from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hpcpipe.validation import ConfigError
 
 LINK_TYPES = "hardlink,symlink,copy"
-_WORKTREE_ADD = threading.Lock()
 
 
-def git(root: Path, *args: str, stdin: bytes | None = None) -> bytes:
+def git(root: Path, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> bytes:
     """Run git in ``root``; a failure becomes one ConfigError line with git's own message."""
-    proc = subprocess.run(["git", *args], cwd=root, input=stdin, capture_output=True)
+    proc = subprocess.run(["git", *args], cwd=root, input=stdin, capture_output=True, env=env)
     if proc.returncode != 0:
         why = proc.stderr.decode(errors="replace").strip().splitlines()
         raise ConfigError(f"git {' '.join(args[:2])} failed in {root}: {why[-1] if why else proc.returncode}")
@@ -48,11 +49,6 @@ def base_commit(root: Path) -> str:
         ) from None
 
 
-def uncommitted_patch(root: Path) -> bytes:
-    """Staged and unstaged changes to tracked files, against HEAD."""
-    return git(root, "diff", "--binary", "HEAD")
-
-
 def untracked_files(root: Path) -> list[str]:
     """Files the worktrees will not have (neither tracked nor ignored), to warn about."""
     out = git(root, "ls-files", "--others", "--exclude-standard").decode()
@@ -66,57 +62,41 @@ def load_round_trip(path: Path) -> Any:
     return YAML().load(path.read_text())
 
 
-def write_point_params(base: Any, target: Path, point: Mapping[str, Any], group: str | None) -> None:
-    """params.yaml with the point's dotted keys set (and ``wandb.group``), comments kept.
-
-    ``base`` is ``load_round_trip``'s document, parsed once for all points. Round-trip
-    YAML, as ``dvc exp run -S`` writes, so ``dvc exp apply`` brings back the user's file
-    with only the swept values changed.
-    """
-    from ruamel.yaml import YAML
-
-    yaml = YAML()
-    doc = copy.deepcopy(base)
-    for dotted, value in point.items():
-        *parents, leaf = dotted.split(".")
-        node = doc
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    if group is not None and isinstance(doc.get("wandb"), dict) and "group" in doc["wandb"]:
-        doc["wandb"]["group"] = group
-    with target.open("w") as handle:
-        yaml.dump(doc, handle)
-
-
 def create(
-    root: Path,
+    base: Path,
     workspace: Path,
+    files: Sequence[str],
     *,
-    commit: str,
-    patch: bytes,
-    params: Any,
-    point: Mapping[str, Any],
-    group: str | None,
+    copied: set[str],
+    params: str,
 ) -> None:
-    """Make ``workspace`` for one point (skipped if it exists: resume reuses it).
+    """Make ``workspace`` for one point (skipped if it exists: resume reuses it), with
+    ``params`` as its params.yaml (``params_text``).
 
-    Not DVC-ready yet: ``finish`` adds the cache settings and the project's
-    ``dvc.lock`` once the reused stages are up to date (their entries are in it), so
-    worktrees can be made while DVC is still checking those.
-
-    Safe to call from several threads for different points: ``git worktree add`` itself
-    runs one at a time (two at once in one repo fail now and then: "failed to read
-    .git/worktrees/NAME/commondir", seen 4 times in 128 here); the rest runs in parallel.
+    ``files`` are linked from ``base`` (``copied`` ones are copied: files a stage or DVC
+    writes in place, which a link would change for every point). Not DVC-ready yet:
+    ``finish`` adds the cache settings and the project's ``dvc.lock`` once the reused
+    stages are up to date (their entries are in it).
     """
     if workspace.exists():
         return
-    workspace.parent.mkdir(parents=True, exist_ok=True)
-    with _WORKTREE_ADD:
-        git(root, "worktree", "add", "--detach", "--quiet", str(workspace), commit)
-    if patch:
-        git(workspace, "apply", "--binary", "--whitespace=nowarn", "-", stdin=patch)
-    write_point_params(params, workspace / "params.yaml", point, group)
+    top, into = str(base), str(workspace)  # plain strings: 100,000 links at 1,000 points
+    os.makedirs(into)
+    for folder in sorted({posixpath.dirname(name) for name in files} - {""}):
+        os.makedirs(os.path.join(into, folder), exist_ok=True)
+    for name in files:
+        if name == "params.yaml":
+            continue
+        source, target = os.path.join(top, name), os.path.join(into, name)
+        if name in copied or os.path.islink(source):
+            shutil.copy2(source, target, follow_symlinks=False)
+            continue
+        try:
+            os.link(source, target)
+        except OSError:  # a filesystem without hard links
+            shutil.copy2(source, target)
+    with open(os.path.join(into, "params.yaml"), "w") as handle:
+        handle.write(params)
 
 
 def finish(root: Path, workspace: Path, cache_dir: Path) -> None:
@@ -134,12 +114,15 @@ def finish(root: Path, workspace: Path, cache_dir: Path) -> None:
     for section in config.values():
         if isinstance(section, dict):
             _absolute_paths(section, root / ".dvc")
+    core = config.setdefault("core", {})
+    core["no_scm"] = "true"  # not a git repo: DVC must not stage its files in the project's git
     cache = config.setdefault("cache", {})
     cache["dir"] = str(cache_dir)
     cache.setdefault("type", LINK_TYPES)
     config.filename = str(workspace / ".dvc" / "config.local")
     config.write()
     if (root / "dvc.lock").exists():
+        (workspace / "dvc.lock").unlink(missing_ok=True)  # never write through a link
         shutil.copy2(root / "dvc.lock", workspace / "dvc.lock")
 
 
@@ -152,10 +135,14 @@ def _absolute_paths(section: dict[str, Any], config_dir: Path) -> None:
             section[key] = str((config_dir / value).resolve())
 
 
-def discard(root: Path, workspaces: list[Path]) -> None:
-    """Remove worktrees made for a sweep that was never submitted (and their git records)."""
+def discard(root: Path, workspaces: Sequence[Path]) -> None:
+    """Remove points' workspaces (and the git records of the worktrees that sweeps of
+    earlier hpcpipe versions made per point: ``sweep clean`` removes those too)."""
+    worktrees = False
     for path in workspaces:
-        if path.exists():
+        if (path / ".git").is_file():
+            worktrees = True
             subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=root, capture_output=True)
-            shutil.rmtree(path, ignore_errors=True)
-    subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
+    if worktrees:
+        subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True)
