@@ -1,8 +1,15 @@
 """How the launcher asks a submitted job where it stands and how it ended, per executor.
 
-- Slurm: ``squeue``/``sacct`` through ``slurm_state`` every poll (submitit's
-  watcher backs off to a minute), and the job's result pickle read directly
-  once Slurm says the job is over, so a dead job is reported within a poll or two.
+- Slurm: the job's own result file is looked at on every poll (a stat, every quarter
+  second), so a job that finished is seen at once; Slurm is asked through the project's
+  shared squeue answer (``hpcpipe.queue_cache``, read through ``slurm_state``) when the
+  answer this watcher holds is older than the profile's ``poll_s`` (10 s on the site
+  profiles: one squeue per 10 s for every launcher, sweep and sync of the project),
+  and, while the job stays PENDING long, less often (``PENDING_BACKOFF``: up to a
+  minute, as submitit's own watcher). That is how a job that dies without a result
+  (cancelled by someone else, killed on its node, out of memory) is seen: within
+  ``poll_s`` and one squeue round trip. The first answer is one asked after the
+  submission (an older one cannot know the job).
   When Slurm has no record of the job (no accounting, and squeue has forgotten it)
   the result pickle alone tells how it ended; with neither, the job is LOST after
   ``NO_RECORD_LIMIT_S`` (``UNREACHABLE_LIMIT_S`` while Slurm does not answer at all),
@@ -24,11 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from hpcpipe.launch import slurm_state
+from hpcpipe.queue_cache import REFRESH_S, QueueCache
 
 RESULT_GRACE_S = 10.0  # a shared filesystem may show the result pickle a little after sacct says COMPLETED
 NO_RECORD_LIMIT_S = 60.0  # Slurm knows no such job and it left no result (yet: shared filesystem lag)
 UNREACHABLE_LIMIT_S = 1800.0  # slurmctld down: a restart or failover takes minutes, not half an hour
 CANCEL_TIMEOUT_S = 30.0
+# (pending at least this long, poll_s times this between answers): a job that waits in the
+# queue for hours needs no answer every 10 s; another watcher's fresher answer is used anyway
+PENDING_BACKOFF = ((600.0, 6.0), (120.0, 3.0))
 
 
 @dataclass(frozen=True)
@@ -55,33 +66,53 @@ def outcome_from_result(pickle_path: Path, state: str) -> Outcome | None:
 
 class SlurmWatch:
     """Polled often (``poll``): the job's own result file is looked at every time, a stat,
-    so its end is seen as soon as it is written; Slurm is asked at most every ``interval_s``
-    (the profile's poll_s), which is how a job that dies without a result is seen."""
+    so its end is seen as soon as it is written; Slurm's answer is renewed when the one
+    held is older than ``interval_s`` (the profile's poll_s), through the project's
+    shared answer (``queue``, by default the cache of the project holding the job's
+    folder), which is how a job that dies without a result is seen."""
 
-    def __init__(self, job: Any, interval_s: float = 2.0) -> None:
+    def __init__(self, job: Any, interval_s: float = REFRESH_S, queue: QueueCache | None = None) -> None:
         self.job = job
         self.interval_s = interval_s
+        self.queue = queue or QueueCache.for_folder(Path(job.paths.result_pickle).parent)
+        self.since = time.time()  # an answer asked before this may not know the job yet
         self.last = slurm_state.JobState("UNKNOWN")
         self._silent_since: float | None = None
+        self._pending_since: float | None = None
         self._restarts = 0
-        self._asked_at = float("-inf")
+        self._answered_at = float("-inf")  # when the answer ``last`` comes from was asked
 
     def poll(self) -> tuple[str, bool]:
         ended = self._ended_by_job()
         if ended is not None:
             self.last = ended
             return ended.describe(), True
-        now = time.monotonic()
-        if now - self._asked_at < self.interval_s:
+        max_age = self._max_age()
+        if time.time() - self._answered_at < max_age:
             return self.last.describe(), False
-        self._asked_at = now
-        state = slurm_state.query(str(self.job.job_id))
+        answer = self.queue.answer(max_age, newer_than=self.since)
+        self._answered_at = answer.asked_at
+        job_id = str(self.job.job_id)
+        state = slurm_state.states_in(answer, [job_id])[job_id]
         if state.state == "UNKNOWN":
             state = self._without_slurm(state)
         else:
             self._silent_since = None
+        if state.state != "PENDING":
+            self._pending_since = None
+        elif self._pending_since is None:
+            self._pending_since = time.monotonic()
         self.last = state
         return state.describe(), state.final
+
+    def _max_age(self) -> float:
+        """poll_s; more while the job has been PENDING long (``PENDING_BACKOFF``)."""
+        if self._pending_since is not None:
+            pending_for = time.monotonic() - self._pending_since
+            for after, factor in PENDING_BACKOFF:
+                if pending_for >= after:
+                    return self.interval_s * factor
+        return self.interval_s
 
     def _ended_by_job(self) -> slurm_state.JobState | None:
         """The job wrote that it succeeded (submitit moves its result into place whole): it
