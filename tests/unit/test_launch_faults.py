@@ -215,12 +215,16 @@ def test_the_end_is_seen_from_the_result_file_and_slurm_is_asked_at_most_every_i
     for _ in range(5):
         assert watcher.poll() == ("RUNNING on node1", False)
     assert len(calls.read_text().split()) == 1  # one squeue for five polls
-    # an attempt killed to be requeued writes a failure first: that is not the end
+    # an attempt killed to be requeued writes a failure first: that is not the end, but
+    # Slurm is asked at once (issue 16.2: a cancel or a kill on the node is seen in seconds)
     sub.cloudpickle_dump(("error", "CommandFailed: command exited with status 143"), result)
     assert watcher.poll() == ("RUNNING on node1", False)
+    assert len(calls.read_text().split()) == 2
+    assert watcher.poll() == ("RUNNING on node1", False)  # the same failure: not asked again at once
+    assert len(calls.read_text().split()) == 2
     sub.cloudpickle_dump(("success", {}), result)
     assert watcher.poll() == ("COMPLETED", True)  # at once, without asking Slurm
-    assert len(calls.read_text().split()) == 1
+    assert len(calls.read_text().split()) == 2
 
 
 def test_a_cancel_that_times_out_or_is_refused_is_said_never_done(tmp_path: Path, monkeypatch):

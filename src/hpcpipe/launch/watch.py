@@ -6,9 +6,11 @@
   answer this watcher holds is older than the profile's ``poll_s`` (10 s on the site
   profiles: one squeue per 10 s for every launcher, sweep and sync of the project),
   and, while the job stays PENDING long, less often (``PENDING_BACKOFF``: up to a
-  minute, as submitit's own watcher). That is how a job that dies without a result
-  (cancelled by someone else, killed on its node, out of memory) is seen: within
-  ``poll_s`` and one squeue round trip. The first answer is one asked after the
+  minute, as submitit's own watcher). A job that writes a failure (its command or
+  function killed, by scancel or on its node) makes the watcher ask Slurm at once, to
+  tell a failure from a requeue: it is reported within a second or two of Slurm
+  knowing. One that dies without a word (a node lost, OOM-killed whole) is seen at
+  the next answer: within ``poll_s`` and one squeue round trip. The first answer is one asked after the
   submission (an older one cannot know the job).
   When Slurm has no record of the job (no accounting, and squeue has forgotten it)
   the result pickle alone tells how it ended; with neither, the job is LOST after
@@ -40,6 +42,10 @@ CANCEL_TIMEOUT_S = 30.0
 # (pending at least this long, poll_s times this between answers): a job that waits in the
 # queue for hours needs no answer every 10 s; another watcher's fresher answer is used anyway
 PENDING_BACKOFF = ((600.0, 6.0), (120.0, 3.0))
+# after the job writes a failure, Slurm is asked at once and then this often for a while:
+# it says whether the job is over (reported) or requeued (a few calls, once per attempt)
+FAILURE_RECHECK_S = 1.0
+FAILURE_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,8 @@ class SlurmWatch:
         self._pending_since: float | None = None
         self._restarts = 0
         self._answered_at = float("-inf")  # when the answer ``last`` comes from was asked
+        self._failure_written: tuple[int, int] | None = None  # the failure result last seen
+        self._failed_at = 0.0  # when it was seen: Slurm's answer must be newer
 
     def poll(self) -> tuple[str, bool]:
         ended = self._ended_by_job()
@@ -88,9 +96,9 @@ class SlurmWatch:
             self.last = ended
             return ended.describe(), True
         max_age = self._max_age()
-        if time.time() - self._answered_at < max_age:
+        if time.time() - self._answered_at < max_age and self._answered_at >= self._failed_at:
             return self.last.describe(), False
-        answer = self.queue.answer(max_age, newer_than=self.since)
+        answer = self.queue.answer(max_age, newer_than=max(self.since, self._failed_at))
         self._answered_at = answer.asked_at
         job_id = str(self.job.job_id)
         state = slurm_state.states_in(answer, [job_id])[job_id]
@@ -106,7 +114,10 @@ class SlurmWatch:
         return state.describe(), state.final
 
     def _max_age(self) -> float:
-        """poll_s; more while the job has been PENDING long (``PENDING_BACKOFF``)."""
+        """poll_s; less just after the job wrote a failure; more while it has been PENDING
+        long (``PENDING_BACKOFF``)."""
+        if time.time() - self._failed_at < FAILURE_WINDOW_S:
+            return FAILURE_RECHECK_S
         if self._pending_since is not None:
             pending_for = time.monotonic() - self._pending_since
             for after, factor in PENDING_BACKOFF:
@@ -118,12 +129,21 @@ class SlurmWatch:
         """The job wrote that it succeeded (submitit moves its result into place whole): it
         is over. A failure is not taken on its word: an attempt that Slurm kills to requeue
         it (``scontrol requeue``, preemption) also writes one before the next attempt runs,
-        so a failure waits for Slurm to say the job is over."""
+        so a failure waits for Slurm to say the job is over, and makes the watcher ask
+        Slurm at once and then every ``FAILURE_RECHECK_S`` for ``FAILURE_WINDOW_S``: a job
+        cancelled by someone else or killed on its node (its command or function gets the
+        signal, and the job writes its failure) is reported within seconds whatever poll_s."""
         pickle_path = Path(self.job.paths.result_pickle)
-        if not pickle_path.exists():
+        try:
+            found = pickle_path.stat()
+        except FileNotFoundError:
+            return None
+        written = (found.st_ino, found.st_mtime_ns)  # each result is a new file moved into place
+        if written == self._failure_written:  # the failure already seen: Slurm is being asked
             return None
         if recorded_outcome(pickle_path):
             return slurm_state.JobState("COMPLETED", reason="from its result file")
+        self._failure_written, self._failed_at = written, time.time()
         return None
 
     def _without_slurm(self, state: slurm_state.JobState) -> slurm_state.JobState:
