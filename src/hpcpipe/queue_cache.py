@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pwd
 import subprocess
@@ -182,8 +183,11 @@ class QueueCache:
             return None
 
     def answer(self, max_age_s: float = REFRESH_S, newer_than: float = 0.0) -> Answer:
-        """An answer at most ``max_age_s`` old and asked at or after ``newer_than``: the
-        cached one, the one another process is asking for now, or one asked here."""
+        """An answer at most ``max_age_s`` old (0: asked after this call began) and asked
+        at or after ``newer_than``: the cached one, the one another process is asking for
+        now, or one asked here."""
+        if max_age_s <= 0:
+            max_age_s, newer_than = math.inf, max(newer_than, time.time())
         if self.path is None:
             return ask(self.user)
         while True:

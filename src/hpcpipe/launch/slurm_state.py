@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -199,8 +198,6 @@ def query_many(
 ) -> dict[str, JobState]:
     """The jobs' states from an answer at most ``max_age_s`` old (0: asked now, for a
     one-off question such as ``hpcpipe status``), shared through ``queue``."""
-    if max_age_s <= 0:
-        newer_than = max(newer_than, time.time())
     answer = (queue or QueueCache(None)).answer(max_age_s, newer_than)
     return states_in(answer, job_ids)
 

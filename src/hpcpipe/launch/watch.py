@@ -10,8 +10,8 @@
   function killed, by scancel or on its node) makes the watcher ask Slurm at once, to
   tell a failure from a requeue: it is reported within a second or two of Slurm
   knowing. One that dies without a word (a node lost, OOM-killed whole) is seen at
-  the next answer: within ``poll_s`` and one squeue round trip. The first answer is one asked after the
-  submission (an older one cannot know the job).
+  the next answer: within ``poll_s`` and one squeue round trip. The first answer is
+  one asked after the submission (an older one cannot know the job).
   When Slurm has no record of the job (no accounting, and squeue has forgotten it)
   the result pickle alone tells how it ended; with neither, the job is LOST after
   ``NO_RECORD_LIMIT_S`` (``UNREACHABLE_LIMIT_S`` while Slurm does not answer at all),

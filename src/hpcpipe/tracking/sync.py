@@ -88,8 +88,7 @@ class SlurmQueue:
         if user is None:  # a record that names no user (older hpcpipe): everyone's jobs
             self.asked[user], self.asked_at[user] = queued_jobs(None), time.time()
             return self.asked[user]
-        max_age_s, newer_than = self.max_age_s, newer_than if self.max_age_s > 0 else time.time()
-        answer = QueueCache(self.project, user).answer(max_age_s, newer_than)
+        answer = QueueCache(self.project, user).answer(self.max_age_s, newer_than)
         self.asked[user], self.asked_at[user] = answer.still_has(), answer.asked_at
         return self.asked[user]
 
