@@ -109,8 +109,12 @@ class Answer:
 
 
 def current_user() -> str:
-    """The user squeue's ``--me`` means: this process's uid, whatever $USER says."""
-    return pwd.getpwuid(os.getuid()).pw_name
+    """The user squeue's ``--me`` means: this process's uid, whatever $USER says ($USER
+    only where the uid has no name, as in some containers)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER") or str(os.getuid())
 
 
 def squeue_command(user: str) -> list[str]:
