@@ -328,7 +328,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UsageError(f"hpcpipe sync: --jobs must be >= 1, got {args.jobs}")
     roots = [runs_root(Path.cwd()), *sorted(Path.cwd().glob(f"{SWEEPS_DIR}/*/points/*/wandb"))]
-    return sync(roots, jobs=args.jobs, dry_run=args.dry_run, watch=args.watch, poll_s=args.poll)
+    return sync(
+        roots, jobs=args.jobs, dry_run=args.dry_run, watch=args.watch, poll_s=args.poll, project=Path.cwd()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from hpcpipe.launch import claim, completion, slurm_state, watch
 from hpcpipe.launch.executors import LocalBackend, local_controller_alive
 from hpcpipe.launch.interrupts import Interrupted, signals_held
 from hpcpipe.launch.ledger import Entry
+from hpcpipe.queue_cache import current_user
 
 
 # ------------------------------------------------------------------ claims
@@ -111,6 +112,9 @@ def test_a_signal_during_a_submission_is_raised_once_the_submission_is_done():
 
 
 # ------------------------------------------------------------------ Slurm without accounting
+ME = current_user()
+
+
 def _slurm_shims(folder: Path, squeue: str, sacct: str) -> Path:
     folder.mkdir(exist_ok=True)
     for name, body in (("squeue", squeue), ("sacct", sacct)):
@@ -121,13 +125,13 @@ def _slurm_shims(folder: Path, squeue: str, sacct: str) -> Path:
 
 def test_squeues_final_state_is_used_when_sacct_fails(tmp_path: Path, monkeypatch):
     no_dbd = "echo 'sacct: error: Problem talking to the database: Connection refused' >&2; exit 1"
-    shims = _slurm_shims(tmp_path / "a", "echo '42|FAILED|NonZeroExitCode|node1|0:07|0'", no_dbd)
+    shims = _slurm_shims(tmp_path / "a", f"echo '42|{ME}|FAILED|NonZeroExitCode|node1|0:07|0|'", no_dbd)
     monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
     assert slurm_state.query("42") == slurm_state.JobState("FAILED", "NonZeroExitCode", "node1", "0:07")
 
 
 def test_a_job_slurm_forgot_is_told_from_one_slurm_does_not_answer(tmp_path: Path, monkeypatch):
-    forgot = "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1"
+    forgot = "exit 0"  # squeue lists this user's jobs: not this one
     silent = "echo 'slurm_load_jobs error: Unable to contact slurm controller (connect failure)' >&2; exit 1"
     sacct_none = "echo 'sacct: error: Slurmdbd is not running' >&2; exit 1"
     for squeue, reason in ((forgot, slurm_state.NO_RECORD), (silent, slurm_state.UNREACHABLE)):
@@ -139,8 +143,7 @@ def test_a_job_slurm_forgot_is_told_from_one_slurm_does_not_answer(tmp_path: Pat
 def test_without_slurm_the_result_file_tells_and_else_the_job_is_lost_after_a_limit(tmp_path, monkeypatch):
     import submitit.core.utils as sub
 
-    forgot = "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1"
-    shims = _slurm_shims(tmp_path / "s", forgot, "exit 1")
+    shims = _slurm_shims(tmp_path / "s", "exit 0", "exit 1")  # squeue forgot it; no accounting
     monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
     result = tmp_path / "42_0_result.pkl"
     job = SimpleNamespace(job_id="42", paths=SimpleNamespace(result_pickle=result))
@@ -202,7 +205,7 @@ def test_the_end_is_seen_from_the_result_file_and_slurm_is_asked_at_most_every_i
     import submitit.core.utils as sub
 
     calls = tmp_path / "calls"
-    running = f"echo x >> {calls}; echo '42|RUNNING|None|node1|0:07|0'"
+    running = f"echo x >> {calls}; echo '42|{ME}|RUNNING|None|node1|0:07|0|'"
     shims = _slurm_shims(tmp_path / "s", running, f"echo x >> {calls}; exit 1")
     monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
     result = tmp_path / "42_0_result.pkl"
@@ -212,12 +215,16 @@ def test_the_end_is_seen_from_the_result_file_and_slurm_is_asked_at_most_every_i
     for _ in range(5):
         assert watcher.poll() == ("RUNNING on node1", False)
     assert len(calls.read_text().split()) == 1  # one squeue for five polls
-    # an attempt killed to be requeued writes a failure first: that is not the end
+    # an attempt killed to be requeued writes a failure first: that is not the end, but
+    # Slurm is asked at once (issue 16.2: a cancel or a kill on the node is seen in seconds)
     sub.cloudpickle_dump(("error", "CommandFailed: command exited with status 143"), result)
     assert watcher.poll() == ("RUNNING on node1", False)
+    assert len(calls.read_text().split()) == 2
+    assert watcher.poll() == ("RUNNING on node1", False)  # the same failure: not asked again at once
+    assert len(calls.read_text().split()) == 2
     sub.cloudpickle_dump(("success", {}), result)
     assert watcher.poll() == ("COMPLETED", True)  # at once, without asking Slurm
-    assert len(calls.read_text().split()) == 1
+    assert len(calls.read_text().split()) == 2
 
 
 def test_a_cancel_that_times_out_or_is_refused_is_said_never_done(tmp_path: Path, monkeypatch):

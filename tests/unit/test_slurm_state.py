@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-from hpcpipe.launch.slurm_state import JobState, parse_sacct, parse_squeue
+from hpcpipe.launch.slurm_state import JobState, from_queue, parse_sacct
+from hpcpipe.queue_cache import parse
+
+SQUEUE = (  # queue_cache.squeue_command's output
+    "40|ann|RUNNING|None|gpu-node-07|1:02|0|\n"
+    "41|ann|PENDING|Resources||0:00|0|\n"
+    "400|ann|RUNNING|None|n1|0:01|2|\n"
+)
+
+
+def squeue_state(job_id: str) -> JobState | None:
+    queued = parse(SQUEUE, "ann").get(job_id)
+    return from_queue(queued) if queued else None
 
 
 def test_pending_job_keeps_its_reason():
-    state = parse_squeue("41|PENDING|Resources||0:00\n", "41")
+    state = squeue_state("41")
     assert state == JobState("PENDING", reason="Resources", node="", elapsed="0:00")
     assert state.describe() == "PENDING (Resources)"
     assert not state.final
 
 
-def test_running_job_names_its_node():
-    state = parse_squeue("40|RUNNING|None|gpu-node-07|1:02\n41|PENDING|Priority||0:00\n", "40")
-    assert state.describe() == "RUNNING on gpu-node-07"
+def test_running_job_names_its_node_and_its_restarts():
+    assert squeue_state("40").describe() == "RUNNING on gpu-node-07"
+    assert squeue_state("400").restarts == 2
 
 
 def test_a_job_not_in_the_queue_is_none():
-    assert parse_squeue("", "40") is None
-    assert parse_squeue("400|RUNNING|None|n1|0:01\n", "40") is None
+    assert squeue_state("4") is None
 
 
 def test_sacct_final_states_with_exit_code():

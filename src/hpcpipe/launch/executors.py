@@ -32,6 +32,7 @@ from hpcpipe.launch import slurm_state
 from hpcpipe.launch.interrupts import signals_held
 from hpcpipe.launch.profiles import executor_parameters
 from hpcpipe.launch.watch import LocalWatch, SlurmWatch, recorded_outcome
+from hpcpipe.queue_cache import QueueCache
 
 JobState = slurm_state.JobState
 LOCAL_CONTROLLER = "submitit.local._local"  # the module submitit runs a local job under (python -m)
@@ -104,8 +105,12 @@ class Backend:
     def state(self, job_id: str, folder: Path) -> JobState:
         return JobState("UNKNOWN")
 
-    def states(self, jobs: Iterable[tuple[str, Path]]) -> dict[str, JobState]:
-        """Recorded jobs' states by id, asking the scheduler as few times as it can."""
+    def states(
+        self, jobs: Iterable[tuple[str, Path]], max_age_s: float = 0.0, newer_than: float = 0.0
+    ) -> dict[str, JobState]:
+        """Recorded jobs' states by id, asking the scheduler as few times as it can; an
+        answer up to ``max_age_s`` old (a watcher's poll_s; 0: asked now) and asked at or
+        after ``newer_than`` (the latest submission: an older one cannot know it) will do."""
         return {job_id: self.state(job_id, folder) for job_id, folder in jobs}
 
     def cancel(self, job_ids: Sequence[str]) -> None:
@@ -136,22 +141,18 @@ class SlurmBackend(Backend):
         return SlurmWatch(job, poll_s)
 
     def state(self, job_id: str, folder: Path) -> JobState:
-        return slurm_state.query(job_id)
+        return slurm_state.query(job_id, QueueCache.for_folder(folder))
 
-    def states(self, jobs: Iterable[tuple[str, Path]]) -> dict[str, JobState]:
-        """One ``squeue``/``sacct`` pair per job array, not per task."""
-        found: dict[str, JobState] = {}
-        arrays: dict[str, slurm_state.ArrayStates | None] = {}
-        for job_id, _folder in jobs:
-            if "_" not in job_id:  # a plain job (submitit submits an array of one as one)
-                found[job_id] = slurm_state.query(job_id)
-                continue
-            array_id = job_id.split("_")[0]
-            if array_id not in arrays:
-                arrays[array_id] = slurm_state.query_array(array_id)
-            states = arrays[array_id]
-            found[job_id] = states.get(job_id) if states else JobState("UNKNOWN")
-        return found
+    def states(
+        self, jobs: Iterable[tuple[str, Path]], max_age_s: float = 0.0, newer_than: float = 0.0
+    ) -> dict[str, JobState]:
+        """The project's one squeue answer for all of them (``queue_cache``), one sacct for
+        those that left it."""
+        jobs = list(jobs)
+        if not jobs:
+            return {}
+        queue = QueueCache.for_folder(jobs[0][1])
+        return slurm_state.query_many([job_id for job_id, _ in jobs], queue, max_age_s, newer_than)
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         """scancel; a refusal raises (CalledProcessError), so nobody is told "cancelled" wrongly."""
@@ -159,7 +160,7 @@ class SlurmBackend(Backend):
             subprocess.run(["scancel", *job_ids], capture_output=True, check=True, timeout=30)
 
     def reattach(self, job_id: str, folder: Path) -> tuple[Any, JobState] | None:
-        state = slurm_state.query(job_id)
+        state = slurm_state.query(job_id, QueueCache.for_folder(folder))
         if state.final or state.state == "UNKNOWN":
             return None
         import submitit

@@ -1,24 +1,29 @@
-"""What Slurm says about one job, asked often and cheaply.
+"""What Slurm says about the launcher's jobs, asked on a budget.
 
-submitit's own watcher asks ``sacct`` with a back-off that grows to a minute,
-fine for notebooks but too slow for a launcher that must notice a dead job in
-seconds. Here: ``squeue`` while the job is queued or running (it has the
-PENDING reason, the node and the restart count), ``sacct`` once it has left the
-queue (the final state, exit code and elapsed time). Parsers are pure and tested
-as text; only ``query``/``query_array``/``attempts`` run commands.
+submitit's own watcher asks ``sacct`` with a back-off that grows to a minute, fine for
+notebooks but too slow for a launcher that must notice a dead job in seconds; asking
+``squeue -j`` for every job every two seconds is too much for a shared scheduler.
+Here: the project's one shared ``squeue`` answer (``hpcpipe.queue_cache``: every job
+of the user, at most one call per poll for the whole project) while a job is queued or
+running (it has the PENDING reason, the node and the restart count) and for
+MinJobAge after its end (squeue ``-t all`` keeps the final state), and ``sacct`` only
+for jobs that have left that answer (one call for all of them: the final state, exit
+code and elapsed time). Parsers are pure and tested as text.
 
-Not every site runs accounting, and slurmdbd is sometimes down: then the final
-state that ``squeue -t all`` still shows (for MinJobAge after the end) is used.
-When neither knows the job, ``query`` says so (``NO_RECORD``) apart from Slurm not
-answering at all (``UNREACHABLE``): the watcher then reads the job's own result file
-and gives up after a limit instead of polling forever (see ``watch``).
+Not every site runs accounting, and slurmdbd is sometimes down: then a job that left
+squeue's answer has no record at all, and ``states_in`` says so (``NO_RECORD``) apart
+from Slurm not answering at all (``UNREACHABLE``): the watcher then reads the job's
+own result file and gives up after a limit instead of polling forever (see ``watch``).
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from hpcpipe.queue_cache import Answer, QueueCache, Queued
 
 # States after which the job will not run again on its own (sacct/squeue names).
 FINAL_STATES = frozenset(
@@ -37,9 +42,6 @@ FINAL_STATES = frozenset(
         "LOST",  # not Slurm's: hpcpipe's word for a job nobody can account for (see watch)
     }
 )
-SQUEUE_FORMAT = "%i|%T|%r|%N|%M"
-# the same fields, and the restart count (a requeue), which only --Format knows
-SQUEUE_FIELDS = "JobID:|,State:|,Reason:|,NodeList:|,TimeUsed:|,RestartCnt:"
 NO_RECORD = "no record"  # JobState("UNKNOWN").reason: Slurm answered and knows no such job
 UNREACHABLE = "Slurm not answering"  # ... neither squeue nor sacct answered at all
 SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Elapsed"
@@ -68,18 +70,6 @@ class JobState:
         if self.exit_code and self.final and self.state != "COMPLETED":
             parts.append(f"exit code {self.exit_code}")
         return " ".join(parts)
-
-
-def parse_squeue(text: str, job_id: str) -> JobState | None:
-    """Parse ``squeue -h -o SQUEUE_FORMAT`` (or ``-O SQUEUE_FIELDS``, which adds the restart
-    count); None when the job is not in the queue."""
-    for line in text.splitlines():
-        fields = [f.strip() for f in line.strip().split("|")]
-        if len(fields) in (5, 6) and fields[0] == job_id:
-            state, reason, node, elapsed = fields[1:5]
-            restarts = int(fields[5]) if len(fields) == 6 and fields[5].isdigit() else 0
-            return JobState(state=state, reason=reason, node=node, elapsed=elapsed, restarts=restarts)
-    return None
 
 
 def parse_sacct(text: str, job_id: str) -> JobState | None:
@@ -152,20 +142,6 @@ def parse_array(text: str, array_id: str, *, sacct: bool) -> ArrayStates:
     return ArrayStates(states, rest)
 
 
-def query_array(array_id: str) -> ArrayStates | None:
-    """Every task of one array now: ``squeue -r`` for queued and running tasks, sacct for
-    the rest; None when neither command answered (no Slurm here, or SLURM_CONF unset)."""
-    accounted = _run(["sacct", "-n", "-P", "-X", "-j", array_id, "-o", SACCT_FIELDS])
-    queued = _run(["squeue", "-h", "-r", "-j", array_id, "-o", SQUEUE_FORMAT])
-    if accounted is None and queued is None:
-        return None
-    found = parse_array(accounted or "", array_id, sacct=True)
-    if queued is not None:
-        live = parse_array(queued, array_id, sacct=False)
-        found.tasks.update({k: v for k, v in live.tasks.items() if not v.final})
-    return found
-
-
 def _ask(command: list[str]) -> tuple[int | None, str, str]:
     """(exit status, stdout, stderr); status None when the command could not run or timed out."""
     try:
@@ -180,24 +156,55 @@ def _run(command: list[str]) -> str | None:
     return out if status == 0 else None
 
 
-def query(job_id: str) -> JobState:
-    """The job's state now: squeue first (cheap, live), sacct for jobs that left the queue,
-    squeue's own final state where sacct has none (no accounting, slurmdbd down)."""
-    status, out, err = _ask(["squeue", "-h", "-t", "all", "-j", job_id, "-O", SQUEUE_FIELDS])
-    queued = parse_squeue(out, job_id) if status == 0 else None
-    if queued is not None and not queued.final:
-        return queued
-    accounted = _run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", SACCT_FIELDS])
-    if accounted is not None:
-        state = parse_sacct(accounted, job_id)
-        if state is not None:
-            return state
-    if queued is not None:  # final, and accounting has nothing: squeue's word for it
-        return queued
-    # squeue answers an id it has forgotten with "Invalid job id specified" (exit 1)
-    if status == 0 or "invalid job id" in err.lower() or accounted is not None:
-        return JobState(state="UNKNOWN", reason=NO_RECORD)
-    return JobState(state="UNKNOWN", reason=UNREACHABLE)
+def from_queue(job: Queued) -> JobState:
+    return JobState(job.state, reason=job.reason, node=job.node, elapsed=job.elapsed, restarts=job.restarts)
+
+
+def states_in(answer: Answer, job_ids: Iterable[str]) -> dict[str, JobState]:
+    """Each job's state: squeue's word where ``answer`` has the job (a final one included),
+    else ``sacct``'s, asked once for all the jobs that left the answer (an array once for
+    all its tasks); ``UNKNOWN`` (``NO_RECORD`` or ``UNREACHABLE``) where neither knows it."""
+    found: dict[str, JobState] = {}
+    left = []
+    for job_id in job_ids:
+        queued = answer.jobs.get(job_id) if answer.jobs is not None else None
+        if queued is not None:
+            found[job_id] = from_queue(queued)
+        else:
+            left.append(job_id)
+    if not left:
+        return found
+    ids = sorted({job_id.split("_")[0] for job_id in left})
+    accounted = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", SACCT_FIELDS])
+    arrays: dict[str, ArrayStates] = {}
+    for job_id in left:
+        state = None
+        if accounted is not None and "_" in job_id:
+            array_id = job_id.split("_")[0]
+            if array_id not in arrays:
+                arrays[array_id] = parse_array(accounted, array_id, sacct=True)
+            state = arrays[array_id].tasks.get(job_id) or arrays[array_id].rest
+        elif accounted is not None:
+            state = parse_sacct(accounted, job_id)
+        if state is None:
+            answered = answer.jobs is not None or accounted is not None
+            state = JobState("UNKNOWN", reason=NO_RECORD if answered else UNREACHABLE)
+        found[job_id] = state
+    return found
+
+
+def query_many(
+    job_ids: Iterable[str], queue: QueueCache | None = None, max_age_s: float = 0.0, newer_than: float = 0.0
+) -> dict[str, JobState]:
+    """The jobs' states from an answer at most ``max_age_s`` old (0: asked now, for a
+    one-off question such as ``hpcpipe status``), shared through ``queue``."""
+    answer = (queue or QueueCache(None)).answer(max_age_s, newer_than)
+    return states_in(answer, job_ids)
+
+
+def query(job_id: str, queue: QueueCache | None = None) -> JobState:
+    """One job's state now (see ``states_in``)."""
+    return query_many([job_id], queue)[job_id]
 
 
 # sacct's state for an attempt that Slurm ended by requeueing the job, in words

@@ -1,8 +1,17 @@
 """How the launcher asks a submitted job where it stands and how it ended, per executor.
 
-- Slurm: ``squeue``/``sacct`` through ``slurm_state`` every poll (submitit's
-  watcher backs off to a minute), and the job's result pickle read directly
-  once Slurm says the job is over, so a dead job is reported within a poll or two.
+- Slurm: the job's own result file is looked at on every poll (a stat, every quarter
+  second), so a job that finished is seen at once; Slurm is asked through the project's
+  shared squeue answer (``hpcpipe.queue_cache``, read through ``slurm_state``) when the
+  answer this watcher holds is older than the profile's ``poll_s`` (10 s on the site
+  profiles: one squeue per 10 s for every launcher, sweep and sync of the project),
+  and, while the job stays PENDING long, less often (``PENDING_BACKOFF``: up to a
+  minute, as submitit's own watcher). A job that writes a failure (its command or
+  function killed, by scancel or on its node) makes the watcher ask Slurm at once, to
+  tell a failure from a requeue: it is reported within a second or two of Slurm
+  knowing. One that dies without a word (a node lost, OOM-killed whole) is seen at
+  the next answer: within ``poll_s`` and one squeue round trip. The first answer is
+  one asked after the submission (an older one cannot know the job).
   When Slurm has no record of the job (no accounting, and squeue has forgotten it)
   the result pickle alone tells how it ended; with neither, the job is LOST after
   ``NO_RECORD_LIMIT_S`` (``UNREACHABLE_LIMIT_S`` while Slurm does not answer at all),
@@ -24,11 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from hpcpipe.launch import slurm_state
+from hpcpipe.queue_cache import REFRESH_S, QueueCache
 
 RESULT_GRACE_S = 10.0  # a shared filesystem may show the result pickle a little after sacct says COMPLETED
 NO_RECORD_LIMIT_S = 60.0  # Slurm knows no such job and it left no result (yet: shared filesystem lag)
 UNREACHABLE_LIMIT_S = 1800.0  # slurmctld down: a restart or failover takes minutes, not half an hour
 CANCEL_TIMEOUT_S = 30.0
+# (pending at least this long, poll_s times this between answers): a job that waits in the
+# queue for hours needs no answer every 10 s; another watcher's fresher answer is used anyway
+PENDING_BACKOFF = ((600.0, 6.0), (120.0, 3.0))
+# after the job writes a failure, Slurm is asked at once and then this often for a while:
+# it says whether the job is over (reported) or requeued (a few calls, once per attempt)
+FAILURE_RECHECK_S = 1.0
+FAILURE_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -55,44 +72,78 @@ def outcome_from_result(pickle_path: Path, state: str) -> Outcome | None:
 
 class SlurmWatch:
     """Polled often (``poll``): the job's own result file is looked at every time, a stat,
-    so its end is seen as soon as it is written; Slurm is asked at most every ``interval_s``
-    (the profile's poll_s), which is how a job that dies without a result is seen."""
+    so its end is seen as soon as it is written; Slurm's answer is renewed when the one
+    held is older than ``interval_s`` (the profile's poll_s), through the project's
+    shared answer (``queue``, by default the cache of the project holding the job's
+    folder), which is how a job that dies without a result is seen."""
 
-    def __init__(self, job: Any, interval_s: float = 2.0) -> None:
+    def __init__(self, job: Any, interval_s: float = REFRESH_S, queue: QueueCache | None = None) -> None:
         self.job = job
         self.interval_s = interval_s
+        self.queue = queue or QueueCache.for_folder(Path(job.paths.result_pickle).parent)
+        self.since = time.time()  # an answer asked before this may not know the job yet
         self.last = slurm_state.JobState("UNKNOWN")
         self._silent_since: float | None = None
+        self._pending_since: float | None = None
         self._restarts = 0
-        self._asked_at = float("-inf")
+        self._answered_at = float("-inf")  # when the answer ``last`` comes from was asked
+        self._failure_written: tuple[int, int] | None = None  # the failure result last seen
+        self._failed_at = 0.0  # when it was seen: Slurm's answer must be newer
 
     def poll(self) -> tuple[str, bool]:
         ended = self._ended_by_job()
         if ended is not None:
             self.last = ended
             return ended.describe(), True
-        now = time.monotonic()
-        if now - self._asked_at < self.interval_s:
+        max_age = self._max_age()
+        if time.time() - self._answered_at < max_age and self._answered_at >= self._failed_at:
             return self.last.describe(), False
-        self._asked_at = now
-        state = slurm_state.query(str(self.job.job_id))
+        answer = self.queue.answer(max_age, newer_than=max(self.since, self._failed_at))
+        self._answered_at = answer.asked_at
+        job_id = str(self.job.job_id)
+        state = slurm_state.states_in(answer, [job_id])[job_id]
         if state.state == "UNKNOWN":
             state = self._without_slurm(state)
         else:
             self._silent_since = None
+        if state.state != "PENDING":
+            self._pending_since = None
+        elif self._pending_since is None:
+            self._pending_since = time.monotonic()
         self.last = state
         return state.describe(), state.final
+
+    def _max_age(self) -> float:
+        """poll_s; less just after the job wrote a failure; more while it has been PENDING
+        long (``PENDING_BACKOFF``)."""
+        if time.time() - self._failed_at < FAILURE_WINDOW_S:
+            return FAILURE_RECHECK_S
+        if self._pending_since is not None:
+            pending_for = time.monotonic() - self._pending_since
+            for after, factor in PENDING_BACKOFF:
+                if pending_for >= after:
+                    return self.interval_s * factor
+        return self.interval_s
 
     def _ended_by_job(self) -> slurm_state.JobState | None:
         """The job wrote that it succeeded (submitit moves its result into place whole): it
         is over. A failure is not taken on its word: an attempt that Slurm kills to requeue
         it (``scontrol requeue``, preemption) also writes one before the next attempt runs,
-        so a failure waits for Slurm to say the job is over."""
+        so a failure waits for Slurm to say the job is over, and makes the watcher ask
+        Slurm at once and then every ``FAILURE_RECHECK_S`` for ``FAILURE_WINDOW_S``: a job
+        cancelled by someone else or killed on its node (its command or function gets the
+        signal, and the job writes its failure) is reported within seconds whatever poll_s."""
         pickle_path = Path(self.job.paths.result_pickle)
-        if not pickle_path.exists():
+        try:
+            found = pickle_path.stat()
+        except FileNotFoundError:
+            return None
+        written = (found.st_ino, found.st_mtime_ns)  # each result is a new file moved into place
+        if written == self._failure_written:  # the failure already seen: Slurm is being asked
             return None
         if recorded_outcome(pickle_path):
             return slurm_state.JobState("COMPLETED", reason="from its result file")
+        self._failure_written, self._failed_at = written, time.time()
         return None
 
     def _without_slurm(self, state: slurm_state.JobState) -> slurm_state.JobState:

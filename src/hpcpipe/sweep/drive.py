@@ -72,7 +72,7 @@ def _say_stopped(sweep: Sweep, stop: str, failures: list[str]) -> None:
 
 def _wait(root: Path, sweep: Sweep, profile: Profile, points: list[Point], submitter: Submitter) -> None:
     while True:
-        refresh(root, sweep, points)
+        refresh(root, sweep, points, profile.poll_s)
         with signals_held(block=False):  # a local point started is a point recorded
             submitter.fill(points)
             record.save(root, sweep)

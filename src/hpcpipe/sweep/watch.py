@@ -1,7 +1,10 @@
 """Where each point of a sweep stands: ask its executor, say what changed, import what finished.
 
 The states come through the executor interface (``backend(kind).states``), one query per
-kind and, on Slurm, one ``squeue``/``sacct`` pair per array, whatever the number of points.
+kind whatever the number of points: on Slurm, the project's shared squeue answer
+(``hpcpipe.queue_cache``), which the foreground sweep accepts up to its profile's
+``poll_s`` old, so it costs nothing while a launcher or sync of the project keeps the
+answer fresh, and one ``sacct`` for the points that left squeue's answer.
 A point that finished is saved as a DVC experiment here, as soon as it is seen finished
 (``experiments.import_point``), from whichever login-node command saw it: the foreground
 sweep, ``status`` or ``resume``.
@@ -36,14 +39,17 @@ def label(sweep: Sweep, point: Point) -> str:
     return f"{point.number}/{len(sweep.points)} {point.name}"
 
 
-def refresh(root: Path, sweep: Sweep, points: Sequence[Point] | None = None) -> None:
-    """Ask where each unfinished point stands; save finished ones as experiments."""
+def refresh(root: Path, sweep: Sweep, points: Sequence[Point] | None = None, max_age_s: float = 0.0) -> None:
+    """Ask where each unfinished point stands (an answer up to ``max_age_s`` old will do;
+    0: asked now); save finished ones as experiments."""
     points = sweep.points if points is None else points
     unfinished = [p for p in points if p.attempts and not final(p.state)]
     states: dict[str, slurm_state.JobState] = {}
     for kind in {p.attempts[-1].executor for p in unfinished}:
         of_kind = [p.attempts[-1] for p in unfinished if p.attempts[-1].executor == kind]
-        states.update(backend(kind).states((a.job_id, Path(a.folder)) for a in of_kind))
+        jobs = [(a.job_id, Path(a.folder)) for a in of_kind]
+        latest = max(a.submitted_at for a in of_kind)  # an answer asked before cannot know it
+        states.update(backend(kind).states(jobs, max_age_s, newer_than=latest))
     unanswered = 0
     for point in points:
         if point.attempts and not final(point.state):

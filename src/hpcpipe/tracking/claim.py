@@ -73,9 +73,10 @@ def _is_stale(text: bytes, stale_after_s: float) -> bool:
     return not isinstance(info, dict) or _owner_gone(info, stale_after_s, time.time())
 
 
-def take(folder: Path, stale_after_s: float) -> Claim | None:
-    """Claim ``folder`` for this process; None while another live sync holds it."""
-    path = folder / CLAIM_FILE
+def take(folder: Path, stale_after_s: float, name: str = CLAIM_FILE) -> Claim | None:
+    """Claim ``folder`` for this process; None while another live owner holds it. ``name``:
+    the claim file's (another use of the same claim, as ``queue_cache``'s refresher)."""
+    path = folder / name
     token = uuid.uuid4().hex
     if _create(path, token):
         return Claim(path, token)
@@ -84,7 +85,7 @@ def take(folder: Path, stale_after_s: float) -> Claim | None:
         return Claim(path, token) if _create(path, token) else None
     if not _is_stale(seen, stale_after_s):
         return None
-    aside = folder / f".{CLAIM_FILE}.stale-{token}"
+    aside = folder / f".{name}.stale-{token}"
     try:
         os.rename(path, aside)
     except FileNotFoundError:  # another sync took it over first

@@ -13,6 +13,11 @@ the array's id, which squeue also prints, as ``%A``, for every task still
 pending), so only the ``%i`` name identifies a task. ``job_name`` gives a job's
 name from its environment the same way.
 
+``sync`` asks it through the project's shared answer (``hpcpipe.queue_cache``, one
+user's jobs, ``-t all``: ``Answer.still_has`` leaves out the ended ones, as squeue
+without ``--states`` does); ``queued_jobs`` asks squeue directly, for a run whose
+record names no user (everyone's jobs).
+
 Kept in ``tracking`` (not ``launch.slurm_state``) so that ``tracking`` never
 imports ``launch``: ``launch`` imports ``tracking``.
 """

@@ -15,6 +15,11 @@ with ``--watch`` beside them. For each run folder under ``wandb/`` (see ``run``)
 Two syncs at once (two terminals, two login nodes): each run is claimed first with
 an ``O_EXCL`` file (see ``claim``), and the one that does not get it skips the run.
 
+Slurm is asked through the project's shared squeue answer (``hpcpipe.queue_cache``):
+``--watch`` accepts one up to ``--poll`` seconds old (default 10), so a sync beside the
+launchers and sweeps of the project adds no Slurm call of its own; a run is judged only
+on an answer asked after its job started (an older one cannot know the job).
+
 Uploads run N at a time; one failing does not stop the others. The key comes from
 the environment or ~/.netrc, as for any wandb command; nothing here reads or writes it.
 """
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcpipe.queue_cache import QueueCache
 from hpcpipe.tracking import claim
 from hpcpipe.tracking.run import JOB_RECORD, LIVE_MARKER, SYNCED_MARKER, segments
 from hpcpipe.tracking.slurm_queue import queued_jobs
@@ -67,13 +73,23 @@ class Tally:
 
 @dataclass
 class SlurmQueue:
-    """squeue asked once per pass (per user whose jobs wrote runs), not once per run."""
+    """squeue asked once per pass (per user whose jobs wrote runs), not once per run:
+    the project's shared answer (``project`` None: asked here), up to ``max_age_s`` old.
+    ``asked`` holds each user's jobs that Slurm still has (None: squeue did not answer)."""
 
     asked: dict[str | None, frozenset[str] | None] = field(default_factory=dict)
+    project: Path | None = None
+    max_age_s: float = 0.0
+    asked_at: dict[str | None, float] = field(default_factory=dict)  # absent: taken as new enough
 
-    def jobs(self, user: str | None) -> frozenset[str] | None:
-        if user not in self.asked:
-            self.asked[user] = queued_jobs(user)
+    def jobs(self, user: str | None, newer_than: float = 0.0) -> frozenset[str] | None:
+        if user in self.asked and self.asked_at.get(user, newer_than) >= newer_than:
+            return self.asked[user]
+        if user is None:  # a record that names no user (older hpcpipe): everyone's jobs
+            self.asked[user], self.asked_at[user] = queued_jobs(None), time.time()
+            return self.asked[user]
+        answer = QueueCache(self.project, user).answer(self.max_age_s, newer_than)
+        self.asked[user], self.asked_at[user] = answer.still_has(), answer.asked_at
         return self.asked[user]
 
 
@@ -116,7 +132,8 @@ def liveness(folder: Path, queue: SlurmQueue | None = None) -> str | None:
     job = live if live else _read_json(folder / JOB_RECORD) or {}
     slurm_job = job.get("slurm_job") or job.get("slurm_job_id")  # the latter: older markers
     if slurm_job:
-        queued = queue.jobs(job.get("user") or None)
+        started = job.get("started")  # by the job, after its submission: squeue knew it then
+        queued = queue.jobs(job.get("user") or None, started if isinstance(started, (int, float)) else 0.0)
         if queued is None:
             return "Slurm did not answer" if live is not None else None
         return f"Slurm still has job {slurm_job}" if str(slurm_job) in queued else None
@@ -210,12 +227,17 @@ def claimed_upload(run: RunFolder) -> tuple[str, str]:
 
 
 def sync_once(
-    roots: Sequence[Path], *, jobs: int = 4, dry_run: bool = False, say: Callable[[str], None] = print
+    roots: Sequence[Path],
+    *,
+    jobs: int = 4,
+    dry_run: bool = False,
+    say: Callable[[str], None] = print,
+    queue: SlurmQueue | None = None,
 ) -> Tally:
     """One pass over ``roots``: upload what is finished and not yet synced."""
     tally = Tally()
     todo = []
-    for run in find_runs(roots):
+    for run in find_runs(roots, queue):
         if run.synced:
             continue
         if run.live:
@@ -249,16 +271,19 @@ def sync(
     watch: bool = False,
     poll_s: float = 10.0,
     say: Callable[[str], None] = print,
+    project: Path | None = None,
 ) -> int:
-    """``hpcpipe sync``: exit status 1 if an upload failed (in the last pass with --watch)."""
+    """``hpcpipe sync``: exit status 1 if an upload failed (in the last pass with --watch).
+    ``project``: whose shared squeue answer to use (see the module docstring)."""
     if not watch:
-        tally = sync_once(roots, jobs=jobs, dry_run=dry_run, say=say)
+        tally = sync_once(roots, jobs=jobs, dry_run=dry_run, say=say, queue=SlurmQueue(project=project))
         say(tally.line())
         return 1 if tally.failed else 0
     failed = False
     try:
         while True:
-            tally = sync_once(roots, jobs=jobs, dry_run=dry_run, say=say)
+            queue = SlurmQueue(project=project, max_age_s=poll_s)
+            tally = sync_once(roots, jobs=jobs, dry_run=dry_run, say=say, queue=queue)
             if tally.synced or tally.failed:
                 say(tally.line())
             failed = bool(tally.failed)
