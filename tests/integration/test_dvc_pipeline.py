@@ -8,24 +8,16 @@ subprocess per stage) on real CIFAR-10 images from tests/data, shrunk by the
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, update_params
+from tests.support.commands import commit_all, dvc, git
+from tests.support.project import update_params
 
 pytestmark = pytest.mark.slow
 
 STAGES = ("prepare", "train", "evaluate")
-
-
-def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        output = f"{result.stdout}\n{result.stderr}"
-        raise AssertionError(f"dvc {' '.join(args)} failed ({result.returncode}):\n{output}")
-    return result
 
 
 def ran(output: str) -> set[str]:
@@ -35,11 +27,6 @@ def ran(output: str) -> set[str]:
 def job_count(root: Path) -> int:
     jobs = root / ".hpcpipe" / "jobs"
     return len(list(jobs.glob("*/*_submitted.pkl"))) if jobs.exists() else 0
-
-
-def commit(root: Path, message: str) -> None:
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", message)
 
 
 def metrics(root: Path) -> dict:
@@ -57,7 +44,7 @@ def test_walkthrough(project: Path, tmp_path: Path):
     accuracy = shown["metrics/evaluate.json"]["data"]["test_accuracy"]
     assert 0.0 <= accuracy <= 1.0
     assert set(shown["metrics/evaluate.json"]["data"]["per_class_accuracy"]) >= {"cat", "truck"}
-    commit(project, "baseline")
+    commit_all(project, "baseline")
     git(project, "tag", "baseline")
     baseline_model = (project / "models" / "model.pt").read_bytes()
     baseline_metrics = (project / "metrics" / "evaluate.json").read_text()
@@ -76,12 +63,12 @@ def test_walkthrough(project: Path, tmp_path: Path):
     assert "train.lr" in params_diff
     metrics_diff = json.loads(dvc(project, "metrics", "diff", "baseline", "--json").stdout)
     assert "metrics/train.json" in metrics_diff
-    commit(project, "lower lr")
+    commit_all(project, "lower lr")
 
     # a prepare param: everything reruns
     update_params(project, prepare={"train_size": 200})
     assert ran(dvc(project, "repro").stdout) == set(STAGES)
-    commit(project, "fewer images")
+    commit_all(project, "fewer images")
     assert (project / "models" / "model.pt").read_bytes() != baseline_model
 
     # back to the baseline: git checkout + dvc checkout restore model and metrics
@@ -96,7 +83,7 @@ def test_walkthrough(project: Path, tmp_path: Path):
     dvc(project, "checkout")
     remote = tmp_path / "remote"
     dvc(project, "remote", "add", "-d", "storage", str(remote))
-    commit(project, "remote")
+    commit_all(project, "remote")
     dvc(project, "push")
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(project), str(clone))

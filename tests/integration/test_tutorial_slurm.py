@@ -18,10 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_dvc_pipeline import dvc
-from tests.integration.test_tutorial_pipeline import RESULTS, base, groups, hpcpipe_init, jobs
-from tests.support.slurm import sacct_row
-from tests.support.tutorial_project import STAGES, make_tutorial_project, set_param, stages_run
+from tests.support.commands import dvc
+from tests.support.slurm import now, sacct_row
+from tests.support.tutorial_project import (
+    RESULTS,
+    STAGES,
+    base,
+    groups,
+    hpcpipe_init,
+    jobs,
+    set_param,
+    stages_run,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -33,11 +41,6 @@ stages:
     constraint: gpu
     gpus: 1
 """
-
-
-def now() -> str:
-    """A second ago, in the form of sacct -S (test_slurm_launcher has its twin)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
 
 
 def tutorial_jobs(since: str) -> dict[str, str]:
@@ -72,10 +75,8 @@ def wait_for_jobs(since: str, earlier: set[str], expected: Counter, timeout_s: f
 
 
 def test_each_stage_is_one_completed_job_and_a_noop_repro_submits_none(
-    tutorial_project: Path, slurm_cluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    tutorial_project: Path, slurm_cluster, monkeypatch: pytest.MonkeyPatch, plain_results: dict[str, bytes]
 ):
-    plain = make_tutorial_project(tmp_path / "plain")
-    dvc(plain, "repro")
     monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
     (tutorial_project / "configs" / "cluster").mkdir(parents=True)
     (tutorial_project / "configs" / "cluster" / "testcluster.yaml").write_text(PROFILE)
@@ -93,7 +94,7 @@ def test_each_stage_is_one_completed_job_and_a_noop_repro_submits_none(
     partitions = {ours[job_id]: partition for job_id, (_, partition) in rows.items()}
     assert partitions == dict.fromkeys(groups(STAGES), "cpu") | {"train": "gpu"}
     for name in RESULTS:  # the scripts, unchanged, give bitwise the plain run's results
-        assert (tutorial_project / name).read_bytes() == (plain / name).read_bytes(), name
+        assert (tutorial_project / name).read_bytes() == plain_results[name], name
 
     again = dvc(tutorial_project, "repro")
     assert stages_run(again.stdout) == []
@@ -122,9 +123,8 @@ def test_scontrol_requeue_after_epoch_2_resumes_train_to_the_same_model(
     slurm_cluster,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
+    plain_results: dict[str, bytes],  # the reference: plain DVC, no requeue
 ):
-    plain = make_tutorial_project(tmp_path / "plain")  # the reference: plain DVC, no requeue
-    dvc(plain, "repro", "train")
     monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
     set_param(tutorial_project, "train.epoch_seconds", EPOCH_S)  # the model does not depend on it
     hpcpipe_init(tutorial_project)
@@ -173,7 +173,5 @@ def test_scontrol_requeue_after_epoch_2_resumes_train_to_the_same_model(
     assert 2 <= len(before) <= resumed and before == list(range(1, len(before) + 1)), log
     assert after == list(range(resumed + 1, 9)), log
     assert RESUMED.search(repro_out), repro_out
-    assert (tutorial_project / "models" / "model.json").read_bytes() == (
-        plain / "models" / "model.json"
-    ).read_bytes()
+    assert (tutorial_project / "models" / "model.json").read_bytes() == plain_results["models/model.json"]
     assert list((tutorial_project / ".hpcpipe" / "jobs" / "train").glob("checkpoint-*")) == []
