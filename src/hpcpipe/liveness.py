@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import psutil
 
-CLOCK_SLACK_S = 1.0  # a process's start time, read back from the kernel, is rounded to clock ticks
+# a process's start time, as the kernel gives it back, is counted from a boot time in whole
+# seconds: it can read up to a second off, either way the record's clock rounds
+CLOCK_SLACK_S = 2.0
 
 
 def _process(pid: object) -> psutil.Process | None:

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from hpcpipe import claim
@@ -53,7 +54,8 @@ def test_a_claim_of_a_dead_process_here_is_taken_over(tmp_path):
 def test_a_claim_whose_pid_now_belongs_to_a_later_process_is_taken_over(tmp_path):
     """The pid is this test's own (alive), but the claim was written before it started."""
     path = tmp_path / "sync.claim"
-    write_claim(path, host=socket.gethostname(), pid=os.getpid(), time=time.time() - 3000)
+    started = psutil.Process().create_time()
+    write_claim(path, host=socket.gethostname(), pid=os.getpid(), time=started - 60)
     assert claim.is_stale(path, stale_after_s=3600)
     write_claim(path, host=socket.gethostname(), pid=os.getpid(), time=time.time())
     assert not claim.is_stale(path, stale_after_s=3600)

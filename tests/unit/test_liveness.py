@@ -7,28 +7,31 @@ import subprocess
 import sys
 import time
 
+import psutil
+
 from hpcpipe.liveness import pid_alive, running_command
+from tests.support.commands import wait_for
 
 
 def test_a_running_process_is_alive_and_an_ended_one_is_not():
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         assert pid_alive(sleeper.pid)
-        assert "time.sleep(60)" in (running_command(sleeper.pid) or "")
+        # forked at once, its own command line once it has exec'd python
+        wait_for(lambda: "time.sleep(60)" in (running_command(sleeper.pid) or ""), timeout=10)
     finally:
         sleeper.kill()
     # killed, not yet reaped: a zombie is not alive
-    deadline = time.monotonic() + 10
-    while pid_alive(sleeper.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not pid_alive(sleeper.pid) and running_command(sleeper.pid) is None
+    wait_for(lambda: not pid_alive(sleeper.pid), timeout=10, what="the killed process to be a zombie")
+    assert running_command(sleeper.pid) is None
     sleeper.wait()
     assert not pid_alive(sleeper.pid) and running_command(sleeper.pid) is None
 
 
 def test_a_process_started_after_the_record_only_reuses_its_pid():
+    started = psutil.Process().create_time()
     assert pid_alive(os.getpid(), started_by=time.time())
-    assert not pid_alive(os.getpid(), started_by=time.time() - 3600 * 24 * 365)
+    assert not pid_alive(os.getpid(), started_by=started - 60)
     assert pid_alive(os.getpid(), started_by=None) and pid_alive(os.getpid(), started_by="garbage")
 
 
