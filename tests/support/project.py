@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.support import REPO, sample
-from tests.support.commands import git
+from tests.support.commands import GIT_IDENTITY, git
 
 # data/raw.dvc is not copied: each copy gets the one of the raw folder it really has
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", ".gitignore", ".dvcignore")
@@ -101,13 +101,7 @@ def copy_project(root: Path, raw: RawData) -> Path:
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, project_sample: RawData) -> Path:
     root = copy_project(tmp_path / "project", project_sample)
     update_params(root, **SMALL)
-    env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@e",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@e",
-    }
-    for key, value in env.items():
+    for key, value in GIT_IDENTITY.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("HPCPIPE_CLUSTER", "local")
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)

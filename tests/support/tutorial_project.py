@@ -33,15 +33,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.commands import dvc, run_cli
+from tests.support.commands import GIT_IDENTITY, dvc, run_cli
 
 TUTORIAL = Path(__file__).resolve().parent / "tutorial"
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@e",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@e",
-}
 # dvc repro's names for the stages, in the order it runs them (a foreach gives NAME@ITEM)
 STAGES = ("generate", "split", "featurize", "train", "evaluate@train", "evaluate@test")
 RUNNING = re.compile(r"^Running stage '([^']+)'", re.MULTILINE)

@@ -17,13 +17,7 @@ from hpcpipe.launch.dvc_stage import load_stage as load_stage_via_dvc
 from hpcpipe.launch.stage_memo import MEMO
 from hpcpipe.validation import ConfigError
 from tests.support import REPO
-
-ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@e",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@e",
-}
+from tests.support.commands import GIT_IDENTITY
 
 DVC_YAML = """\
 vars:
@@ -47,7 +41,7 @@ stages:
 
 
 def sh(root: Path, *args: str) -> str:
-    done = subprocess.run(args, cwd=root, capture_output=True, text=True, env={**os.environ, **ENV})
+    done = subprocess.run(args, cwd=root, capture_output=True, text=True, env={**os.environ, **GIT_IDENTITY})
     assert done.returncode == 0, done.stderr
     return done.stdout
 
