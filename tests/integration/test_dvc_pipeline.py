@@ -1,19 +1,23 @@
 """The README's walk-through with the real `dvc` CLI on a temp git copy of the project.
 
 Every stage runs through `hpcpipe run` on submitit's local executor (a real
-subprocess per stage) on real CIFAR-10 images from tests/data, shrunk by the
-`project` fixture to a few hundred images and one epoch.
+subprocess per stage) on real CIFAR-10 images from tests/data, shrunk as the
+`project` fixture shrinks it to a few hundred images and one epoch. The first repro,
+from scratch, is made once (``reproduced``); each test goes on in a copy of it.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.support.commands import commit_all, dvc, git
-from tests.support.project import update_params
+from tests.support.project import SMALL, RawData, copy_project, update_params, work_in
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +37,35 @@ def metrics(root: Path) -> dict:
     return json.loads(dvc(root, "metrics", "show", "--json").stdout)[""]["data"]
 
 
-def test_walkthrough(project: Path, tmp_path: Path):
+@dataclass(frozen=True)
+class Reproduced:
+    root: Path  # read-only by convention: tests take copies
+    first: subprocess.CompletedProcess  # the first `dvc repro`, from scratch
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory, project_sample: RawData) -> Reproduced:
+    """The shrunk example project after `dvc add data/raw` and a first `dvc repro`, made once
+    for this module's tests (a whole repro of the example is their longest step)."""
+    root = copy_project(tmp_path_factory.mktemp("reproduced") / "project", project_sample)
+    update_params(root, **SMALL)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        work_in(root, monkeypatch)
+        dvc(root, "add", "-q", "data/raw")
+        return Reproduced(root, dvc(root, "repro"))
+
+
+def copy_of(reproduced: Reproduced, dest: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the reproduced project (its git history, DVC cache and job folders too), the cwd."""
+    shutil.copytree(reproduced.root, dest, symlinks=True)
+    work_in(dest, monkeypatch)
+    return dest
+
+
+def test_walkthrough(reproduced: Reproduced, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # from scratch: all three stages run, each as one job
-    dvc(project, "add", "-q", "data/raw")
-    first = dvc(project, "repro")
+    project = copy_of(reproduced, tmp_path / "project", monkeypatch)
+    first = reproduced.first
     assert ran(first.stdout) == set(STAGES)
     assert job_count(project) == 3
     assert "test accuracy:" in first.stdout + first.stderr
@@ -93,9 +122,10 @@ def test_walkthrough(project: Path, tmp_path: Path):
     assert (clone / "models" / "model.pt").read_bytes() == (project / "models" / "model.pt").read_bytes()
 
 
-def test_plots_render_the_curves_and_the_confusion_matrix(project: Path):
-    dvc(project, "add", "-q", "data/raw")
-    dvc(project, "repro")
+def test_plots_render_the_curves_and_the_confusion_matrix(
+    reproduced: Reproduced, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    project = copy_of(reproduced, tmp_path / "project", monkeypatch)
     dvc(project, "plots", "show", "-o", "plots-html")
     html = (project / "plots-html" / "index.html").read_text()
     assert "training curves" in html and "confusion matrix" in html

@@ -101,12 +101,18 @@ def copy_project(root: Path, raw: RawData) -> Path:
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, project_sample: RawData) -> Path:
     root = copy_project(tmp_path / "project", project_sample)
     update_params(root, **SMALL)
+    work_in(root, monkeypatch)
+    return root
+
+
+def work_in(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``root`` the cwd, as its user's shell on a laptop: the local executor, no Slurm
+    job around, a git identity for commits."""
     for key, value in GIT_IDENTITY.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("HPCPIPE_CLUSTER", "local")
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.chdir(root)
-    return root
 
 
 @pytest.fixture
