@@ -43,34 +43,39 @@ stages:
 """
 
 
-def tutorial_jobs(since: str) -> dict[str, str]:
-    """Job id -> stage group of every hpcpipe job of a tutorial stage that sacct has since `since`."""
+def tutorial_jobs(since: str, workdir: Path) -> dict[str, str]:
+    """Job id -> stage group of every hpcpipe job of a tutorial stage that sacct has since
+    `since`, submitted from ``workdir`` (the test cluster may run another session's tutorial)."""
     out = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-S", since, "-o", "JobID,JobName"],
+        ["sacct", "-X", "-n", "-P", "-S", since, "-o", "JobID,JobName,WorkDir"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     wanted = set(groups(STAGES))
+    here = workdir.resolve()
     found = {}
     for line in out.splitlines():
-        job_id, name = line.split("|", 1)
-        if name.startswith("hpcpipe-") and base(name.removeprefix("hpcpipe-")) in wanted:
-            found[job_id] = base(name.removeprefix("hpcpipe-"))
+        job_id, name, where = line.split("|", 2)
+        group = base(name.removeprefix("hpcpipe-"))
+        if name.startswith("hpcpipe-") and group in wanted and Path(where).resolve() == here:
+            found[job_id] = group
     return found
 
 
-def new_jobs(since: str, earlier: set[str]) -> dict[str, str]:
-    return {job_id: group for job_id, group in tutorial_jobs(since).items() if job_id not in earlier}
+def new_jobs(since: str, earlier: set[str], workdir: Path) -> dict[str, str]:
+    return {job_id: group for job_id, group in tutorial_jobs(since, workdir).items() if job_id not in earlier}
 
 
-def wait_for_jobs(since: str, earlier: set[str], expected: Counter, timeout_s: float = 30) -> dict[str, str]:
+def wait_for_jobs(
+    since: str, earlier: set[str], expected: Counter, workdir: Path, timeout_s: float = 30
+) -> dict[str, str]:
     """new_jobs once sacct has all of them: slurmdbd gets a job's record a little after it ends."""
     deadline = time.monotonic() + timeout_s
-    found = new_jobs(since, earlier)
+    found = new_jobs(since, earlier, workdir)
     while Counter(found.values()) != expected and time.monotonic() < deadline:
         time.sleep(0.5)
-        found = new_jobs(since, earlier)
+        found = new_jobs(since, earlier, workdir)
     return found
 
 
@@ -83,11 +88,12 @@ def test_each_stage_is_one_completed_job_and_a_noop_repro_submits_none(
     hpcpipe_init(tutorial_project)
 
     since = now()
-    earlier = set(tutorial_jobs(since))  # sacct's -S has 1 s steps: an earlier test's job may be in it
+    # sacct's -S has 1 s steps: an earlier job from this folder may be in it
+    earlier = set(tutorial_jobs(since, tutorial_project))
     first = dvc(tutorial_project, "repro")
     assert stages_run(first.stdout) == list(STAGES)
     assert jobs(first.stderr, "COMPLETED") == groups(STAGES)
-    ours = wait_for_jobs(since, earlier, groups(STAGES))
+    ours = wait_for_jobs(since, earlier, groups(STAGES), tutorial_project)
     assert Counter(ours.values()) == groups(STAGES), ours
     rows = {job_id: sacct_row(job_id) for job_id in ours}
     assert {job_id: state for job_id, (state, _) in rows.items()} == dict.fromkeys(ours, "COMPLETED")
@@ -100,7 +106,7 @@ def test_each_stage_is_one_completed_job_and_a_noop_repro_submits_none(
     assert stages_run(again.stdout) == []
     assert jobs(again.stderr, "submitted") == Counter()
     time.sleep(3)  # a job submitted by it would have reached sacct by now
-    assert new_jobs(since, earlier) == ours
+    assert new_jobs(since, earlier, tutorial_project) == ours
 
 
 # train's 8 epochs at 3 s each: ~25 s of training, long enough to requeue it in the middle
