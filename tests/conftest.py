@@ -1,125 +1,25 @@
-"""Shared fixtures: a throwaway copy of the example project, shrunk to run in seconds.
+"""Fixtures every test may use, each defined in tests/support (one home each).
 
-`project` copies what DVC and the launcher need (dvc.yaml, params.yaml, configs/,
-src/ for the stages' code deps, .dvc/config) into a temp dir, `git init`s it, puts
-the images of `project_sample` in data/raw with the matching data/raw.dvc, and sets
-params (`SMALL`) that make a whole repro take seconds on a CPU: the 400 images
-prepare keeps (300 train, 100 test), 1 epoch. The raw folder holds exactly those,
-so no `dvc add`, fingerprint or prepare hashes or decodes images nobody uses.
+- ``project``, ``project_sample``, ``committed_sample``, ``fake_stage_project``: the example
+  project shrunk to seconds (tests/support/project.py);
+- ``slurm_cluster``: the real one-node test cluster (tests/support/slurm.py), and
+  ``slurm_project``: the fake-stage project on it (tests/support/launch_project.py);
+- ``fake_wandb``: the stand-in `wandb` CLI (tests/support/fake_wandb.py);
+- ``tutorial_project``, ``tutorial_template``, ``plain_results``: the second example, a plain DVC project
+  (tests/support/tutorial_project.py).
 """
 
-from __future__ import annotations
-
-import os
-import shutil
-import subprocess
-from dataclasses import dataclass
-from pathlib import Path
-
-import pytest
-import yaml
-
-from tests.support import sample
+from tests.support.fake_wandb import fake_wandb  # noqa: F401  (a fixture)
+from tests.support.launch_project import slurm_project  # noqa: F401  (a fixture)
+from tests.support.project import (  # noqa: F401  (fixtures)
+    committed_sample,
+    fake_stage_project,
+    project,
+    project_sample,
+)
 from tests.support.slurm import slurm_cluster  # noqa: F401  (a fixture, shared by the Slurm tests)
-from tests.support.tutorial_project import tutorial_project  # noqa: F401  (the second example)
-
-REPO = Path(__file__).resolve().parents[1]
-# data/raw.dvc is not copied: each copy gets the one of the raw folder it really has
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", ".gitignore", ".dvcignore")
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
-
-
-def update_params(root: Path, **sections: dict) -> None:
-    """Set keys in root/params.yaml, e.g. update_params(root, train={"lr": 0.1})."""
-    path = root / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in sections.items():
-        params.setdefault(section, {}).update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-SMALL = {
-    "prepare": {"train_size": 300, "test_size": 100},
-    "train": {"epochs": 1, "batch_size": 32},
-}
-CLASSES = 10
-# what prepare keeps under SMALL, and no more: 30 train and 10 test images per class
-PER_CLASS = {split: SMALL["prepare"][f"{split}_size"] // CLASSES for split in ("train", "test")}
-
-
-@dataclass(frozen=True)
-class RawData:
-    folder: Path  # train/<class>/*.jpg, test/<class>/*.jpg
-    dvc_file: str  # the data/raw.dvc that `dvc add` writes for it
-
-
-@pytest.fixture(scope="session")
-def committed_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """All 12,000 images of the committed CIFAR-10 sample, unpacked once per session
-    (read-only by convention). Only for tests about the sample itself: the rest take
-    ``project_sample``."""
-    return sample.extract(tmp_path_factory.mktemp("sample"))
-
-
-@pytest.fixture(scope="session")
-def project_sample(tmp_path_factory: pytest.TempPathFactory) -> RawData:
-    """The 400 real CIFAR-10 images the shrunk example project uses (``PER_CLASS``), and
-    their data/raw.dvc, made once per session (read-only by convention)."""
-    folder = sample.extract(tmp_path_factory.mktemp("project-sample"), PER_CLASS)
-    return RawData(folder, sample.dvc_file(folder, tmp_path_factory.mktemp("raw-dvc")))
-
-
-def copy_project(root: Path, raw: RawData) -> Path:
-    """The example project's files in ``root``, with ``raw`` as its data/raw, under git."""
-    for name in PROJECT_FILES:
-        src = REPO / name
-        dst = root / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(src, dst)
-    # hard links: nothing in the pipeline writes to raw data
-    shutil.copytree(raw.folder, root / "data" / "raw", copy_function=os.link)
-    (root / "data" / "raw.dvc").write_text(raw.dvc_file)
-    git(root, "init", "-q", "-b", "main")  # DVC (so the launcher) opens a project only inside git
-    return root
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, project_sample: RawData) -> Path:
-    root = copy_project(tmp_path / "project", project_sample)
-    update_params(root, **SMALL)
-    env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@e",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@e",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("HPCPIPE_CLUSTER", "local")
-    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    monkeypatch.chdir(root)
-    return root
-
-
-@pytest.fixture
-def fake_stage_project(project: Path) -> Path:
-    """The project plus tests/support/fake_stages.py, importable by the job process."""
-    shutil.copy2(REPO / "tests" / "support" / "fake_stages.py", project / "fake_stages.py")
-    (project / "source.txt").write_text("hello from the source\n")
-    return project
-
-
-def run_cli(
-    *args: str, cwd: Path, timeout: float = 600, env: dict | None = None
-) -> subprocess.CompletedProcess:
-    """Run the installed `hpcpipe` console script as a user would."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        ["hpcpipe", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
-    )
+from tests.support.tutorial_project import (  # noqa: F401  (the second example)
+    plain_results,
+    tutorial_project,
+    tutorial_template,
+)

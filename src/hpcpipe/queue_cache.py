@@ -16,7 +16,7 @@ git-ignored scratch folder). A caller asks for an answer no older than it needs
 profiles), and asked after a moment it names (``newer_than``: a job submitted later
 cannot be in an older answer). The cached answer is used while it fits; else one
 process refreshes it while the others wait for its answer: the refresher holds an
-``O_EXCL`` claim beside the file (``tracking.claim``: taken over when its owner died, or
+``O_EXCL`` claim beside the file (``hpcpipe.claim``: taken over when its owner died, or
 after ``CLAIM_STALE_S``). So a project costs one squeue per ``poll_s`` however many
 launchers, sweeps and syncs watch it, plus one when a job is submitted; the user's
 other projects and machines each have their own.
@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcpipe import claim
 from hpcpipe.files import write_json_atomically
-from hpcpipe.tracking import claim
 
 REFRESH_S = 10.0  # the budget: one squeue per 10 s per project (the site profiles' poll_s)
 CACHE_DIR = Path(".dvc") / "tmp" / "hpcpipe"
@@ -200,7 +200,7 @@ class QueueCache:
                 return cached
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                held = claim.take(self.path.parent, CLAIM_STALE_S, name=f"{self.path.stem}.claim")
+                held = claim.take(self.path.parent / f"{self.path.stem}.claim", CLAIM_STALE_S)
             except OSError:  # the project cannot be written here: ask alone
                 return ask(self.user)
             if held is None:  # another process is asking: wait for its answer

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, RawData
+from tests.support import REPO
+from tests.support.project import RawData
 
 pytestmark = pytest.mark.slow
 

@@ -1,31 +1,27 @@
 """The README's walk-through with the real `dvc` CLI on a temp git copy of the project.
 
 Every stage runs through `hpcpipe run` on submitit's local executor (a real
-subprocess per stage) on real CIFAR-10 images from tests/data, shrunk by the
-`project` fixture to a few hundred images and one epoch.
+subprocess per stage) on real CIFAR-10 images from tests/data, shrunk as the
+`project` fixture shrinks it to a few hundred images and one epoch. The first repro,
+from scratch, is made once (``reproduced``); each test goes on in a copy of it.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import git, update_params
+from tests.support.commands import commit_all, dvc, git
+from tests.support.project import SMALL, RawData, copy_project, update_params, work_in
 
 pytestmark = pytest.mark.slow
 
 STAGES = ("prepare", "train", "evaluate")
-
-
-def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        output = f"{result.stdout}\n{result.stderr}"
-        raise AssertionError(f"dvc {' '.join(args)} failed ({result.returncode}):\n{output}")
-    return result
 
 
 def ran(output: str) -> set[str]:
@@ -37,19 +33,39 @@ def job_count(root: Path) -> int:
     return len(list(jobs.glob("*/*_submitted.pkl"))) if jobs.exists() else 0
 
 
-def commit(root: Path, message: str) -> None:
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", message)
-
-
 def metrics(root: Path) -> dict:
     return json.loads(dvc(root, "metrics", "show", "--json").stdout)[""]["data"]
 
 
-def test_walkthrough(project: Path, tmp_path: Path):
+@dataclass(frozen=True)
+class Reproduced:
+    root: Path  # read-only by convention: tests take copies
+    first: subprocess.CompletedProcess  # the first `dvc repro`, from scratch
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory, project_sample: RawData) -> Reproduced:
+    """The shrunk example project after `dvc add data/raw` and a first `dvc repro`, made once
+    for this module's tests (a whole repro of the example is their longest step)."""
+    root = copy_project(tmp_path_factory.mktemp("reproduced") / "project", project_sample)
+    update_params(root, **SMALL)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        work_in(root, monkeypatch)
+        dvc(root, "add", "-q", "data/raw")
+        return Reproduced(root, dvc(root, "repro"))
+
+
+def copy_of(reproduced: Reproduced, dest: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the reproduced project (its git history, DVC cache and job folders too), the cwd."""
+    shutil.copytree(reproduced.root, dest, symlinks=True)
+    work_in(dest, monkeypatch)
+    return dest
+
+
+def test_walkthrough(reproduced: Reproduced, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # from scratch: all three stages run, each as one job
-    dvc(project, "add", "-q", "data/raw")
-    first = dvc(project, "repro")
+    project = copy_of(reproduced, tmp_path / "project", monkeypatch)
+    first = reproduced.first
     assert ran(first.stdout) == set(STAGES)
     assert job_count(project) == 3
     assert "test accuracy:" in first.stdout + first.stderr
@@ -57,7 +73,7 @@ def test_walkthrough(project: Path, tmp_path: Path):
     accuracy = shown["metrics/evaluate.json"]["data"]["test_accuracy"]
     assert 0.0 <= accuracy <= 1.0
     assert set(shown["metrics/evaluate.json"]["data"]["per_class_accuracy"]) >= {"cat", "truck"}
-    commit(project, "baseline")
+    commit_all(project, "baseline")
     git(project, "tag", "baseline")
     baseline_model = (project / "models" / "model.pt").read_bytes()
     baseline_metrics = (project / "metrics" / "evaluate.json").read_text()
@@ -76,12 +92,12 @@ def test_walkthrough(project: Path, tmp_path: Path):
     assert "train.lr" in params_diff
     metrics_diff = json.loads(dvc(project, "metrics", "diff", "baseline", "--json").stdout)
     assert "metrics/train.json" in metrics_diff
-    commit(project, "lower lr")
+    commit_all(project, "lower lr")
 
     # a prepare param: everything reruns
     update_params(project, prepare={"train_size": 200})
     assert ran(dvc(project, "repro").stdout) == set(STAGES)
-    commit(project, "fewer images")
+    commit_all(project, "fewer images")
     assert (project / "models" / "model.pt").read_bytes() != baseline_model
 
     # back to the baseline: git checkout + dvc checkout restore model and metrics
@@ -96,7 +112,7 @@ def test_walkthrough(project: Path, tmp_path: Path):
     dvc(project, "checkout")
     remote = tmp_path / "remote"
     dvc(project, "remote", "add", "-d", "storage", str(remote))
-    commit(project, "remote")
+    commit_all(project, "remote")
     dvc(project, "push")
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(project), str(clone))
@@ -106,9 +122,10 @@ def test_walkthrough(project: Path, tmp_path: Path):
     assert (clone / "models" / "model.pt").read_bytes() == (project / "models" / "model.pt").read_bytes()
 
 
-def test_plots_render_the_curves_and_the_confusion_matrix(project: Path):
-    dvc(project, "add", "-q", "data/raw")
-    dvc(project, "repro")
+def test_plots_render_the_curves_and_the_confusion_matrix(
+    reproduced: Reproduced, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    project = copy_of(reproduced, tmp_path / "project", monkeypatch)
     dvc(project, "plots", "show", "-o", "plots-html")
     html = (project / "plots-html" / "index.html").read_text()
     assert "training curves" in html and "confusion matrix" in html

@@ -20,6 +20,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -29,13 +30,10 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from tests.conftest import run_cli
-from tests.integration.test_dvc_pipeline import dvc
-from tests.integration.test_sweep import commit_all
-from tests.integration.test_tutorial_pipeline import RESULTS, hpcpipe_init
-from tests.support.tutorial_project import STAGES, stages_run
+from tests.support import REPO
+from tests.support.commands import commit_all, dvc, run_cli
+from tests.support.tutorial_project import RESULTS, STAGES, hpcpipe_init, stages_run
 
-ROOT = Path(__file__).resolve().parents[2]
 TORCH = {"torch", "torchvision"}
 # env/common.sh's install of this checkout: the extras it asks for, e.g. [cifar10]
 COMMON_INSTALL = re.compile(r'pip install -e "\$\(git rev-parse --show-toplevel\)(\[[\w,-]+\])"')
@@ -61,40 +59,82 @@ BLOCKER = textwrap.dedent(
 )
 
 
-def pip_installs(tmp_path: Path, *requirement: str, fresh: bool) -> set[str]:
-    """The names `pip install REQUIREMENT` would install, from pip's own --dry-run report.
+# what each install test asks pip: (pip install arguments, fresh)
+RESOLUTIONS = {
+    "toolkit": ((".",), True),
+    "cifar10": ((".[cifar10]",), True),
+}
+
+
+def common_install_extras() -> str | None:
+    """The extras env/common.sh's `pip install -e` of this checkout asks for, e.g. [cifar10]."""
+    found = COMMON_INSTALL.search((REPO / "env" / "common.sh").read_text())
+    return found.group(1) if found else None
+
+
+def start_pip(workdir: Path, requirement: tuple[str, ...], fresh: bool) -> tuple[subprocess.Popen, Path]:
+    """`pip install --dry-run --report` of REQUIREMENT, started in a copy of this checkout's
+    package files in ``workdir`` (pip builds the metadata in the tree it installs from:
+    each resolution has its own, so they run at once and leave this checkout alone).
 
     fresh: as into a new venv without system site packages (--ignore-installed).
     --no-build-isolation: this checkout's metadata is built with the setuptools already
     here, not one fetched into a temporary environment first.
     """
-    report = tmp_path / "report.json"
+    for name in ("pyproject.toml", "README.md", "src"):
+        source, target = REPO / name, workdir / name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, target)
+    report = workdir / "report.json"
     ignore = ["--ignore-installed"] if fresh else []
-    done = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-build-isolation",
          "--disable-pip-version-check", "--report", str(report), *ignore, *requirement],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    return process, report
+
+
+@pytest.fixture(scope="module")
+def pip_installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+    """The names `pip install ...` would install, from pip's own --dry-run report, for each of
+    ``RESOLUTIONS`` and (as "common") env/common.sh's install line on top of what is installed
+    here. The resolutions are independent, so they run at once: each waits mostly on its own
+    reading of the index, and the test run has a core to spare."""
+    asked = dict(RESOLUTIONS)
+    extras = common_install_extras()
+    if extras:
+        asked["common"] = (("-e", f".{extras}"), False)
+    started = {
+        key: start_pip(tmp_path_factory.mktemp(f"pip-{key}"), requirement, fresh)
+        for key, (requirement, fresh) in asked.items()
+    }
+    names = {}
+    for key, (process, report) in started.items():
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, f"pip install {' '.join(asked[key][0])}: {err[-3000:]}"
+        names[key] = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    return names
 
 
 def optional_dependencies() -> dict[str, list[str]]:
     """pyproject.toml's extras, as written (the installed metadata may be another checkout's)."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
 
 
 @pytest.mark.slow
-def test_the_toolkit_alone_installs_no_torch(tmp_path: Path):
-    names = pip_installs(tmp_path, ".", fresh=True)
+def test_the_toolkit_alone_installs_no_torch(pip_installs: dict[str, set[str]]):
+    names = pip_installs["toolkit"]
     assert {"hpcpipe", "submitit", "dvc", "wandb", "pyyaml"} <= names
     assert not names & TORCH, sorted(names & TORCH)
 
 
 @pytest.mark.slow
-def test_the_cifar10_extra_brings_torch_and_torchvision(tmp_path: Path):
-    names = pip_installs(tmp_path, ".[cifar10]", fresh=True)
+def test_the_cifar10_extra_brings_torch_and_torchvision(pip_installs: dict[str, set[str]]):
+    names = pip_installs["cifar10"]
     assert TORCH | {"hpcpipe", "submitit", "dvc", "wandb"} <= names
 
 
@@ -104,15 +144,15 @@ def test_dev_and_notebook_bring_the_example_extra():
     extras = optional_dependencies()
     assert {"hpcpipe[cifar10]", "hpcpipe[notebook]"} <= set(extras["dev"])
     assert "hpcpipe[cifar10]" in extras["notebook"]
-    assert "-e '.[dev]'" in (ROOT / ".ci" / "run").read_text()
-    assert "-e '.[dev]'" in (ROOT / "README.md").read_text().splitlines()[2]
+    assert "-e '.[dev]'" in (REPO / ".ci" / "run").read_text()
+    assert "-e '.[dev]'" in (REPO / "README.md").read_text().splitlines()[2]
 
 
 @pytest.mark.slow
-def test_env_common_installs_the_extra_on_top_of_the_modules_torch(tmp_path: Path):
+def test_env_common_installs_the_extra_on_top_of_the_modules_torch(pip_installs: dict[str, set[str]]):
     """common.sh's venv sees the module's torch (system site packages); its install line,
     run where a torch that meets the extra's bounds is installed, must keep that one."""
-    common = (ROOT / "env" / "common.sh").read_text()
+    common = (REPO / "env" / "common.sh").read_text()
     assert "python -m venv --system-site-packages" in common
     extras = COMMON_INSTALL.search(common)
     assert extras, "env/common.sh no longer installs the checkout with pip install -e"
@@ -121,7 +161,8 @@ def test_env_common_installs_the_extra_on_top_of_the_modules_torch(tmp_path: Pat
     assert set(bounds) == TORCH
     for name, spec in bounds.items():  # the stand-in for the module's build must meet them
         assert spec.contains(importlib.metadata.version(name), prereleases=True), (name, spec)
-    names = pip_installs(tmp_path, "-e", f".{extras.group(1)}", fresh=False)
+    assert extras.group(1) == common_install_extras()
+    names = pip_installs["common"]  # `pip install -e ".{extras}"`, with what is installed here
     assert "hpcpipe" in names
     assert not names & TORCH, sorted(names & TORCH)
 

@@ -28,8 +28,8 @@ from hpcpipe.cli import main
 from hpcpipe.launch.ledger import Ledger
 from hpcpipe.tracking.records import read_run
 from hpcpipe.tracking.run import runs_root, segments
-from tests.conftest import update_params
 from tests.support.launch_project import add_fake_stage
+from tests.support.project import update_params
 
 pytestmark = [pytest.mark.slurm]
 

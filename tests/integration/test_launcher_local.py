@@ -10,12 +10,10 @@ about submitting, streaming, publishing and cancelling, not training.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -23,18 +21,21 @@ import pytest
 from hpcpipe.cli import main
 from hpcpipe.launch.dvc_stage import load_stage
 from hpcpipe.launch.ledger import Ledger
-from tests.support.launch_project import add_command_stage, add_fake_stage, add_stage
+from hpcpipe.liveness import pid_alive
+from tests.support.commands import wait_for
+from tests.support.launch_project import (
+    add_command_stage,
+    add_fake_stage,
+    add_stage,
+    files_containing,
+    quoted,
+    start,
+)
 
 
 def run_fake(project: Path, function: str) -> int:
     """`hpcpipe run fake --fn fake_stages:FUNCTION ...`, the stage's cmd in dvc.yaml."""
     return main(add_fake_stage(project, function))
-
-
-def quoted(err: str) -> list[str]:
-    """The stderr tail the launcher quotes after a failure (`  | ` lines), without the prefix."""
-    tail = err[err.index("last ") :].splitlines()
-    return [line[4:] for line in tail if line.startswith("  | ")]
 
 
 # --------------------------------------------------------------------------- function stages
@@ -99,49 +100,19 @@ def test_missing_output_is_a_failure(fake_stage_project, capfd):
     assert "did not write its output out/report" in capfd.readouterr().err
 
 
-def start_launcher(project: Path, function: str) -> subprocess.Popen:
-    """The `hpcpipe` command for the fake stage, as `dvc repro` starts it, in its own session."""
-    return subprocess.Popen(
-        ["hpcpipe", *add_fake_stage(project, function)],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead for our purpose
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
-
-
-def wait_for(predicate, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupting_the_launcher_cancels_its_job(fake_stage_project, signum, code):
-    launcher = start_launcher(fake_stage_project, "sleep_then_write")
+    launcher = start(fake_stage_project, "sleep_then_write")
     pid_file = fake_stage_project / "job.pid"
     wait_for(lambda: pid_file.exists() or launcher.poll() is not None)
     assert launcher.poll() is None, launcher.communicate()
     job_pid = int(pid_file.read_text())
-    assert alive(job_pid)
+    assert pid_alive(job_pid)
     launcher.send_signal(signum)  # the launcher alone, as when dvc repro forwards a signal
     _, err = launcher.communicate(timeout=60)
     assert launcher.returncode == code, err
     assert "cancelled job" in err
-    wait_for(lambda: not alive(job_pid), timeout=15)
+    wait_for(lambda: not pid_alive(job_pid), timeout=15)
     assert not (fake_stage_project / "out" / "result.txt").exists()
 
 
@@ -149,7 +120,7 @@ def test_ctrl_c_of_an_inline_stage_exits_130_not_failed(fake_stage_project, monk
     """Inside an allocation the stage runs in the launcher's own process: Ctrl-C stops it
     as an interruption (130, outputs untouched), not as a failure of the stage."""
     monkeypatch.setenv("HPCPIPE_CLUSTER", "inline")
-    launcher = start_launcher(fake_stage_project, "sleep_then_write")
+    launcher = start(fake_stage_project, "sleep_then_write")
     wait_for(lambda: (fake_stage_project / "job.pid").exists() or launcher.poll() is not None)
     assert launcher.poll() is None, launcher.communicate()
     launcher.send_signal(signal.SIGINT)
@@ -197,21 +168,17 @@ def test_status_and_logs_show_the_last_job(fake_stage_project, capsys):
 
 
 def test_cancel_all_stops_a_running_local_job(fake_stage_project, capsys):
-    launcher = start_launcher(fake_stage_project, "sleep_then_write")
+    launcher = start(fake_stage_project, "sleep_then_write")
     pid_file = fake_stage_project / "job.pid"
     wait_for(lambda: pid_file.exists() or launcher.poll() is not None)
     assert launcher.poll() is None, launcher.communicate()
     job_pid = int(pid_file.read_text())
     assert main(["cancel", "--all"]) == 0
     assert "cancelled fake: job" in capsys.readouterr().out
-    wait_for(lambda: not alive(job_pid), timeout=15)
+    wait_for(lambda: not pid_alive(job_pid), timeout=15)
     launcher.communicate(timeout=60)
     assert launcher.returncode == 1  # the launcher saw its job end without a result
     assert not (fake_stage_project / "out" / "result.txt").exists()
-
-
-def files_containing(folder: Path, secret: str) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
 def test_no_secret_from_the_environment_reaches_the_job_folder(fake_stage_project, monkeypatch):

@@ -23,13 +23,12 @@ import pytest
 import yaml
 
 from hpcpipe.launch.watch import FAILURE_RECHECK_S, FAILURE_WINDOW_S
-from tests.conftest import git, update_params
-from tests.integration.test_launcher_local import wait_for
-from tests.integration.test_slurm_launcher import ledger_job, slurm_project, squeue_state
-from tests.support.launch_project import add_command_stage, add_stage
+from tests.support.commands import git, wait_for
+from tests.support.launch_project import add_command_stage, add_stage, ledger_job
+from tests.support.project import update_params
+from tests.support.slurm import squeue_state
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-__all__ = ["slurm_project"]
 
 POLL_S = 2.0
 NAP = [sys.executable, "-c", "import time; time.sleep(25)"]

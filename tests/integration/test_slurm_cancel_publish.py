@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from hpcpipe.launch.ledger import Ledger
-from tests.integration.test_launcher_local import wait_for
-from tests.integration.test_slurm_launcher import slurm_project, squeue_state, start  # noqa: F401
-from tests.support.slurm import sacct_row
+from tests.support.commands import wait_for
+from tests.support.launch_project import start
+from tests.support.slurm import sacct_row, squeue_state
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
-def test_a_job_cancelled_before_it_returns_publishes_nothing(slurm_project: Path):  # noqa: F811
+def test_a_job_cancelled_before_it_returns_publishes_nothing(slurm_project: Path):
     out = slurm_project / "out"
     (out / "report").mkdir(parents=True)
     (out / "result.txt").write_text("previous result")

@@ -20,13 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_launcher_local import wait_for
-from tests.integration.test_slurm_launcher import jobs_named, ledger_job, now, slurm_project, squeue_state
-from tests.support.launch_project import add_fake_stage, fake_stage_args
-from tests.support.slurm import sacct_row
+from tests.support.commands import wait_for
+from tests.support.launch_project import add_command_stage, add_fake_stage, ledger_job, start
+from tests.support.slurm import jobs_named, now, running_job, sacct_row, second_cluster, squeue_state
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-__all__ = ["slurm_project"]  # the fixture, shared with the launcher tests
 
 
 def shim(folder: Path, name: str, body: str) -> Path:
@@ -36,20 +34,6 @@ def shim(folder: Path, name: str, body: str) -> Path:
     path.write_text(f'#!/bin/sh\nREAL="{shutil.which(name)}"\n{textwrap.dedent(body)}')
     path.chmod(0o755)
     return folder
-
-
-def hpcpipe(
-    project: Path, function: str, shims: Path | None = None, declare: bool = True, **popen: object
-) -> subprocess.Popen:
-    """`hpcpipe run fake ...` for ``fake_stages.FUNCTION`` on the test cluster, as `dvc repro` starts it."""
-    env = {**os.environ, "HPCPIPE_CLUSTER": "testcluster"}
-    if shims is not None:
-        env["PATH"] = f"{shims}{os.pathsep}{env['PATH']}"
-    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
-    args = add_fake_stage(project, function) if declare else fake_stage_args(function)
-    return subprocess.Popen(
-        ["hpcpipe", *args], cwd=project, env=env, text=True, start_new_session=True, **popen
-    )
 
 
 def cleanup(job_id: str | None) -> None:
@@ -62,21 +46,19 @@ def test_a_job_that_finished_while_no_launcher_watched_is_adopted(slurm_project:
     Once that outcome has been reported, a further launch (dvc repro -f) runs it again."""
     since = now()
     earlier = set(jobs_named("hpcpipe-fake", since, slurm_project))
-    first = hpcpipe(slurm_project, "sleep_briefly")
-    wait_for(lambda: ledger_job(slurm_project) is not None, timeout=60)
-    job_id = ledger_job(slurm_project)
-    wait_for(lambda: squeue_state(job_id) == "RUNNING", timeout=60)
+    first = start(slurm_project, "sleep_briefly")
+    job_id = running_job(slurm_project)
     first.kill()  # as an SSH drop: no chance to cancel
     first.communicate()
     wait_for(lambda: squeue_state(job_id) in ("", "COMPLETED"), timeout=300)
     assert sacct_row(job_id, timeout_s=60)[0] == "COMPLETED"
     assert (slurm_project / "out" / "result.txt").read_text() == "done"
-    second = hpcpipe(slurm_project, "sleep_briefly")
+    second = start(slurm_project, "sleep_briefly")
     _, err = second.communicate(timeout=120)
     assert second.returncode == 0, err
     assert f"job {job_id} finished while no launcher was watching it" in err and "adopted" in err
     assert [j for j in jobs_named("hpcpipe-fake", since, slurm_project) if j not in earlier] == [job_id]
-    third = hpcpipe(slurm_project, "write_outputs")  # another function: another stage content
+    third = start(slurm_project, "write_outputs")  # another function: another stage content
     _, err = third.communicate(timeout=300)
     assert third.returncode == 0 and "adopted" not in err, err
 
@@ -86,7 +68,7 @@ def test_a_signal_between_sbatch_and_watching_cancels_the_job(slurm_project: Pat
     its parent, the launcher, then lets the real sbatch submit). The job is in the ledger,
     then cancelled; exit 130, no traceback."""
     shims = shim(tmp_path / "shims", "sbatch", 'kill -INT "$PPID"\nexec "$REAL" "$@"\n')
-    driver = hpcpipe(slurm_project, "sleep_then_write", shims)
+    driver = start(slurm_project, "sleep_then_write", shims=shims)
     _, err = driver.communicate(timeout=120)
     job_id = ledger_job(slurm_project)
     assert driver.returncode == 130, err
@@ -97,7 +79,7 @@ def test_a_signal_between_sbatch_and_watching_cancels_the_job(slurm_project: Pat
 
 def test_a_second_ctrl_c_while_cancelling_does_not_break_the_cancel(slurm_project: Path, tmp_path: Path):
     shims = shim(tmp_path / "shims", "scancel", 'kill -INT "$PPID"\nsleep 1\nexec "$REAL" "$@"\n')
-    driver = hpcpipe(slurm_project, "sleep_then_write", shims)
+    driver = start(slurm_project, "sleep_then_write", shims=shims)
     wait_for(lambda: (slurm_project / "job.pid").exists(), timeout=120)
     job_id = ledger_job(slurm_project)
     driver.send_signal(signal.SIGINT)
@@ -111,7 +93,7 @@ def test_a_second_ctrl_c_while_cancelling_does_not_break_the_cancel(slurm_projec
 def test_a_cancel_that_slurm_refuses_is_said_and_never_called_cancelled(slurm_project: Path, tmp_path: Path):
     refuse = "echo 'scancel: error: Kill job error on job id $1: Access/permission denied' >&2\nexit 1\n"
     shims = shim(tmp_path / "shims", "scancel", refuse)
-    driver = hpcpipe(slurm_project, "sleep_then_write", shims)
+    driver = start(slurm_project, "sleep_then_write", shims=shims)
     wait_for(lambda: (slurm_project / "job.pid").exists(), timeout=120)
     job_id = ledger_job(slurm_project)
     try:
@@ -128,7 +110,7 @@ def test_a_cancel_that_slurm_refuses_is_said_and_never_called_cancelled(slurm_pr
 def test_a_ledger_that_cannot_be_written_cancels_the_job_it_would_record(slurm_project: Path):
     """A real write failure: the ledger entry's path is a directory, so the rename fails."""
     (slurm_project / ".hpcpipe" / "jobs" / "ledger" / "fake.json").mkdir(parents=True)
-    driver = hpcpipe(slurm_project, "sleep_then_write")
+    driver = start(slurm_project, "sleep_then_write")
     _, err = driver.communicate(timeout=120)
     assert driver.returncode == 1, err
     assert "Traceback" not in err
@@ -138,7 +120,7 @@ def test_a_ledger_that_cannot_be_written_cancels_the_job_it_would_record(slurm_p
 
 
 def test_a_broken_stdout_cancels_the_job_without_a_traceback(slurm_project: Path):
-    driver = hpcpipe(slurm_project, "chatter")
+    driver = start(slurm_project, "chatter")
     wait_for(lambda: (slurm_project / "job.pid").exists(), timeout=120)
     job_id = ledger_job(slurm_project)
     driver.stdout.close()  # `dvc repro | head`: nobody reads the launcher's stdout any more
@@ -155,7 +137,7 @@ def test_two_launchers_of_one_stage_share_one_job(slurm_project: Path):
     since = now()
     earlier = set(jobs_named("hpcpipe-fake", since, slurm_project))
     add_fake_stage(slurm_project, "sleep_briefly")  # dvc.yaml written once, before both start
-    both = [hpcpipe(slurm_project, "sleep_briefly", declare=False) for _ in range(2)]
+    both = [start(slurm_project, "sleep_briefly", declare=False) for _ in range(2)]
     errs = [p.communicate(timeout=300)[1] for p in both]
     assert [p.returncode for p in both] == [0, 0], errs
     new = [j for j in jobs_named("hpcpipe-fake", since, slurm_project) if j not in earlier]
@@ -166,10 +148,8 @@ def test_two_launchers_of_one_stage_share_one_job(slurm_project: Path):
 def test_a_requeue_is_said_with_its_cause_and_attempt(slurm_project: Path):
     """Point 14: `scontrol requeue` sends the running job back to the queue; the launcher
     says so in one line, then follows the second attempt to the end."""
-    driver = hpcpipe(slurm_project, "sleep_briefly")
-    wait_for(lambda: ledger_job(slurm_project) is not None, timeout=60)
-    job_id = ledger_job(slurm_project)
-    wait_for(lambda: squeue_state(job_id) == "RUNNING", timeout=60)
+    driver = start(slurm_project, "sleep_briefly")
+    job_id = running_job(slurm_project)
     subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
     _, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, err
@@ -183,9 +163,6 @@ def test_dvc_repro_runs_to_the_end_on_a_cluster_without_accounting(
 ):
     """Point 4: no slurmdbd (sacct fails): the final state comes from `squeue -t all`, and
     `dvc repro` of a function stage and a command stage after it ends, exit 0."""
-    from tests.support.launch_project import add_command_stage
-    from tests.support.slurm import second_cluster
-
     add_fake_stage(fake_stage_project, "write_outputs")
     command = ["python", "fake_stages.py", "hello", "out/hello.json"]
     add_command_stage(fake_stage_project, "hello", command, outs=["out/hello.json"], deps=["out/result.txt"])

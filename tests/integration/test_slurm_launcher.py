@@ -10,78 +10,27 @@ declared in the temp project's dvc.yaml and launched with the `hpcpipe` command.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from hpcpipe.launch.ledger import Ledger
-from tests.integration.test_launcher_local import files_containing, quoted, wait_for
-from tests.support.launch_project import add_command_stage, add_fake_stage
-from tests.support.slurm import REPO, sacct_row
+from tests.support import REPO
+from tests.support.commands import wait_for
+from tests.support.launch_project import (
+    add_command_stage,
+    files_containing,
+    launch,
+    ledger_job,
+    quoted,
+    start,
+)
+from tests.support.slurm import jobs_named, now, running_job, sacct_row, squeue_state
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-
-@pytest.fixture
-def slurm_project(fake_stage_project: Path, slurm_cluster, monkeypatch) -> Path:
-    """The fake-stage project on the test cluster, plus `testcluster-1min`: the same
-    profile with a one-minute time limit."""
-    monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
-    short = {"extends": "testcluster", "defaults": {"time_min": 1}}
-    (fake_stage_project / "configs" / "cluster" / "testcluster-1min.yaml").write_text(yaml.safe_dump(short))
-    return fake_stage_project
-
-
-def launch(project: Path, args: list[str], profile: str = "testcluster") -> subprocess.Popen:
-    """The `hpcpipe` command with these arguments, as `dvc repro` starts a stage's cmd."""
-    return subprocess.Popen(
-        ["hpcpipe", *args],
-        cwd=project,
-        env={**os.environ, "HPCPIPE_CLUSTER": profile},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def start(project: Path, function: str, profile: str = "testcluster") -> subprocess.Popen:
-    """The fake function stage ``fake_stages.FUNCTION``, declared in dvc.yaml and launched."""
-    return launch(project, add_fake_stage(project, function), profile)
-
-
-def ledger_job(project: Path, stage: str = "fake") -> str | None:
-    entry = Ledger(project / ".hpcpipe" / "jobs" / "ledger").get(stage)
-    return entry.job_id if entry else None
-
-
-def jobs_named(name: str, since: str, workdir: Path | None = None) -> list[str]:
-    """Ids of the jobs called ``name`` since ``since``; with ``workdir``, only those submitted
-    from there (the test cluster may be shared with another test session)."""
-    out = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "--name", name, "-S", since, "-o", "JobID,WorkDir"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rows = [line.split("|", 1) for line in out.splitlines() if line]
-    here = workdir.resolve() if workdir else None
-    return sorted({job for job, where in rows if here is None or Path(where).resolve() == here})
-
-
-def squeue_state(job_id: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
-    return out.strip()
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
 
 
 def test_dvc_repro_runs_each_stage_as_a_job_on_its_partition(project: Path, slurm_cluster, monkeypatch):
@@ -146,9 +95,7 @@ def test_a_killed_launcher_is_replaced_without_a_second_job(slurm_project: Path)
     # sacct's -S has 1 s steps: the previous test's job can fall in the window
     earlier = set(jobs_named("hpcpipe-fake", since, slurm_project))
     first = start(slurm_project, "sleep_briefly")
-    wait_for(lambda: ledger_job(slurm_project) is not None, timeout=60)
-    job_id = ledger_job(slurm_project)
-    wait_for(lambda: squeue_state(job_id) == "RUNNING", timeout=60)
+    job_id = running_job(slurm_project)
     first.kill()  # SIGKILL: no chance to cancel, as with a dropped SSH session
     first.communicate()
     assert squeue_state(job_id) == "RUNNING"
@@ -193,7 +140,7 @@ def test_a_command_stage_cut_by_its_time_limit_saves_requeues_and_resumes(slurm_
     id), and the next attempt of the same command finds what it saved."""
     command = ["python", "fake_stages.py", "save-at-warning", "out/resumed.txt"]
     args = add_command_stage(slurm_project, "long", command, outs=["out/resumed.txt"])
-    driver = launch(slurm_project, args, profile="testcluster-1min")
+    driver = launch(slurm_project, args, {"HPCPIPE_CLUSTER": "testcluster-1min"})
     _, err = driver.communicate(timeout=400)
     assert driver.returncode == 0, err
     job_id = ledger_job(slurm_project, "long")

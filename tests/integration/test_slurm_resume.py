@@ -39,8 +39,8 @@ import pytest
 import torch
 
 from hpcpipe.config import load_params
-from tests.conftest import RawData, copy_project, update_params
-from tests.integration.test_launcher_local import wait_for
+from tests.support.commands import wait_for
+from tests.support.project import RawData, copy_project, update_params
 from tests.support.slurm import second_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -20,8 +20,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.test_launcher_local import quoted, wait_for
-from tests.support.launch_project import FAKE_OUTS, FAKE_PATHS, add_command_stage, add_stage, role_args
+from tests.support.commands import wait_for
+from tests.support.launch_project import (
+    FAKE_OUTS,
+    FAKE_PATHS,
+    add_command_stage,
+    add_stage,
+    quoted,
+    role_args,
+)
 from tests.support.slurm import REPO
 
 pytestmark = [pytest.mark.slurm]

@@ -22,7 +22,7 @@ from hpcpipe.launch import usage
 from hpcpipe.launch.ledger import Ledger
 from hpcpipe.sweep import report
 from hpcpipe.sweep.record import Attempt, Point, Sweep
-from tests.conftest import run_cli
+from tests.support.commands import run_cli
 from tests.support.launch_project import add_command_stage
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

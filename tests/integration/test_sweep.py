@@ -6,7 +6,6 @@ one-node Slurm test cluster (slurm/testcluster). W&B is the real library, offlin
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,29 +19,9 @@ import yaml
 from hpcpipe.sweep import record
 from hpcpipe.tracking.records import read_run
 from hpcpipe.tracking.run import segments
-from tests.conftest import git, run_cli, update_params
-from tests.integration.test_slurm_launcher import jobs_named, now
-
-
-def commit_all(root: Path) -> None:
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "project")
-
-
-def experiments(root: Path) -> dict[str, dict]:
-    """``dvc exp show --json``: experiment name -> {"params": {...}, "metrics": {...}} of the baseline."""
-    out = subprocess.run(
-        ["dvc", "exp", "show", "--json"], cwd=root, capture_output=True, text=True, check=True
-    ).stdout
-    found = {}
-    for baseline in json.loads(out):
-        for branch in baseline.get("experiments") or []:
-            for rev in branch["revs"]:
-                data = rev["data"]
-                params = data["params"]["params.yaml"]["data"]
-                metrics = {k: v["data"] for k, v in (data.get("metrics") or {}).items()}
-                found[rev["name"]] = {"params": params, "metrics": metrics}
-    return found
+from tests.support.commands import commit_all, experiments, git, run_cli
+from tests.support.project import update_params
+from tests.support.slurm import jobs_named, now
 
 
 def overlapping(intervals: list[tuple[float, float]]) -> int:

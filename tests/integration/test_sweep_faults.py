@@ -24,7 +24,7 @@ import yaml
 
 from hpcpipe.sweep import record, workspace
 from hpcpipe.validation import ConfigError
-from tests.conftest import git, run_cli
+from tests.support.commands import git, run_cli
 
 
 def experiment_params(root: Path) -> dict[str, dict]:

@@ -17,7 +17,7 @@ import pytest
 
 from hpcpipe.sweep import freshness
 from hpcpipe.sweep.pipeline import DvcProject
-from tests.conftest import git
+from tests.support.commands import git
 
 DVC_YAML = """\
 stages:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -27,30 +26,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from hpcpipe.sweep import record
 from hpcpipe.tracking.records import read_run
 from hpcpipe.tracking.run import SYNCED_MARKER
-from tests.conftest import git, run_cli
-from tests.integration.test_dvc_pipeline import dvc
-from tests.integration.test_sweep import commit_all, experiments
-from tests.integration.test_wandb_sync import FAKE_WANDB
+from tests.support.commands import commit_all, dvc, experiments, git, run_cli
+from tests.support.fake_wandb import calls
 from tests.support.tutorial_project import (
+    RESULTS,
     STAGES,
     TUTORIAL,
-    make_tutorial_project,
+    cmds,
+    copy_tutorial_project,
+    groups,
+    hpcpipe_init,
+    jobs,
     set_param,
     stages_run,
+    work_in,
 )
 
-RESULTS = (
-    "models/model.json",
-    "eval/train/metrics.json",
-    "eval/test/metrics.json",
-    "eval/train/roc.csv",
-    "eval/test/roc.csv",
-)
 EVALUATE = ["evaluate@train", "evaluate@test"]
 # one param at a time, in sequence: (file, key, new value, what dvc repro must rerun)
 CHANGES = (
@@ -59,8 +54,6 @@ CHANGES = (
     ("features.yaml", "featurize.squares", False, ["featurize", "train", *EVALUATE]),
     ("params.yaml", "split.seed", 8, ["split", "featurize", "train", *EVALUATE]),
 )
-JOB_LINE = re.compile(r"^hpcpipe: ([^:\s]+): job (\S+) (submitted|COMPLETED)", re.MULTILINE)
-WRAPPER = re.compile(r"hpcpipe run \S+ -- ")
 FAILING_SCRIPT = """\
 import sys
 for n in range(40):
@@ -68,42 +61,6 @@ for n in range(40):
 print("featurize: column 41 is all NaN, giving up", file=sys.stderr)
 sys.exit(3)
 """
-
-
-def base(stage: str) -> str:
-    """A foreach stage's group name (evaluate@test -> evaluate): what `hpcpipe run` is given."""
-    return stage.split("@")[0]
-
-
-def jobs(stderr: str, event: str) -> Counter:
-    """How many jobs per stage group have an `hpcpipe: NAME: job ID <event>` line.
-
-    Distinct ids: on Slurm a job's state change to COMPLETED has a line of its own
-    before the launcher's final `COMPLETED in ...`.
-    """
-    seen = {(name, job_id) for name, job_id, what in JOB_LINE.findall(stderr) if what == event}
-    return Counter(base(name) for name, _ in seen)
-
-
-def groups(stages: Iterable[str]) -> Counter:
-    return Counter(base(stage) for stage in stages)
-
-
-def cmds(dvc_yaml: Path) -> dict[str, str]:
-    """Each stage's (or foreach group's) cmd, uninterpolated, by name."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
-    return {name: stage["do"]["cmd"] if "do" in stage else stage["cmd"] for name, stage in stages.items()}
-
-
-def hpcpipe_init(root: Path) -> None:
-    """`hpcpipe init`, and what it must have done: each cmd wrapped, nothing else touched."""
-    before = (root / "dvc.yaml").read_text()
-    init = run_cli("init", cwd=root, timeout=120)
-    assert init.returncode == 0, init.stdout + init.stderr
-    after = (root / "dvc.yaml").read_text()
-    plain = cmds(TUTORIAL / "dvc.yaml")
-    assert cmds(root / "dvc.yaml") == {name: f"hpcpipe run {name} -- {cmd}" for name, cmd in plain.items()}
-    assert WRAPPER.sub("", after) == before
 
 
 @dataclass(frozen=True)
@@ -123,14 +80,6 @@ def pipeline(request: pytest.FixtureRequest, tutorial_project: Path) -> Pipeline
     if request.param == "hpcpipe":
         hpcpipe_init(tutorial_project)
     return Pipeline(tutorial_project, hpcpipe=request.param == "hpcpipe")
-
-
-@pytest.fixture(scope="session")
-def plain_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    """What a plain `dvc repro` of a fresh copy writes: the reference, byte for byte."""
-    root = make_tutorial_project(tmp_path_factory.mktemp("plain") / "tutorial")
-    dvc(root, "repro")
-    return {name: (root / name).read_bytes() for name in RESULTS}
 
 
 def clean_env() -> dict[str, str]:
@@ -269,18 +218,29 @@ def test_init_undo_gives_back_the_original_dvc_yaml(tutorial_project: Path):
     assert (tutorial_project / "dvc.yaml").read_bytes() == original
 
 
-@pytest.fixture
-def wandb_repro(tutorial_project: Path) -> subprocess.CompletedProcess:
-    """`dvc repro train` after `hpcpipe init`, with wandb.enabled: true (train.py's plain wandb.init())."""
-    set_param(tutorial_project, "wandb.enabled", True)
-    hpcpipe_init(tutorial_project)
-    return dvc(tutorial_project, "repro", "train")
+@dataclass(frozen=True)
+class WandbRepro:
+    root: Path
+    repro: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def wandb_repro(tutorial_template: Path, tmp_path_factory: pytest.TempPathFactory) -> WandbRepro:
+    """`dvc repro train` after `hpcpipe init`, with wandb.enabled: true (train.py's plain
+    wandb.init()), in a copy of the tutorial project; made once for the tests that read
+    the run it wrote (each repro costs a job per stage)."""
+    root = copy_tutorial_project(tutorial_template, tmp_path_factory.mktemp("wandb") / "tutorial")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        work_in(root, monkeypatch)
+        set_param(root, "wandb.enabled", True)
+        hpcpipe_init(root)
+        return WandbRepro(root, dvc(root, "repro", "train"))
 
 
 @pytest.mark.slow
-def test_a_job_logs_to_wandb_offline_in_the_project(tutorial_project: Path, wandb_repro):
-    assert jobs(wandb_repro.stderr, "COMPLETED") == Counter(["generate", "split", "featurize", "train"])
-    (run_file,) = (tutorial_project / "wandb").rglob("run-*.wandb")
+def test_a_job_logs_to_wandb_offline_in_the_project(wandb_repro: WandbRepro):
+    assert jobs(wandb_repro.repro.stderr, "COMPLETED") == Counter(["generate", "split", "featurize", "train"])
+    (run_file,) = (wandb_repro.root / "wandb").rglob("run-*.wandb")
     run = read_run(run_file)
     assert run.project == "hpcpipe-tutorial"  # params.yaml's wandb.project: the script names none
     assert run.group
@@ -289,33 +249,28 @@ def test_a_job_logs_to_wandb_offline_in_the_project(tutorial_project: Path, wand
 
 @pytest.mark.slow
 def test_sync_dry_run_lists_exactly_the_train_run_and_uploads_nothing(
-    tutorial_project: Path, wandb_repro, tmp_path: Path
+    wandb_repro: WandbRepro, fake_wandb: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    (run_file,) = (tutorial_project / "wandb").rglob("run-*.wandb")
+    """fake_wandb: a stand-in `wandb` CLI first on PATH records any upload (`wandb sync DIR`)."""
+    root = wandb_repro.root
+    work_in(root, monkeypatch)
+    (run_file,) = (root / "wandb").rglob("run-*.wandb")
     run_id = read_run(run_file).run_id  # WANDB_RUN_ID, as the job gave it to train.py
-    # a stand-in `wandb` CLI first on PATH records any upload (`wandb sync DIR`)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "wandb").write_text(FAKE_WANDB)
-    (bin_dir / "wandb").chmod(0o755)
-    log = tmp_path / "wandb-calls.log"
-    log.touch()
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_WANDB_LOG": str(log)}
 
-    dry = run_cli("sync", "--dry-run", cwd=tutorial_project, env=env, timeout=120)
+    dry = run_cli("sync", "--dry-run", cwd=root, timeout=120)
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert dry.stdout.splitlines() == [
         f"would sync {run_id}: {run_file.parent}",
         "synced 0, failed 0, skipped 0",
     ]
-    assert log.read_text() == ""  # nothing uploaded
-    assert list((tutorial_project / "wandb").rglob(SYNCED_MARKER)) == []
+    assert calls(fake_wandb) == []  # nothing uploaded
+    assert list((root / "wandb").rglob(SYNCED_MARKER)) == []
 
     # what it listed is what a real pass uploads, once
-    real = run_cli("sync", cwd=tutorial_project, env=env, timeout=120)
+    real = run_cli("sync", cwd=root, timeout=120)
     assert real.returncode == 0, real.stdout + real.stderr
     assert real.stdout.splitlines() == [f"synced {run_id}", "synced 1, failed 0, skipped 0"]
-    assert log.read_text().splitlines() == [f"sync {run_file.parent}"]
+    assert calls(fake_wandb) == [f"sync {run_file.parent}"]
 
 
 # --------------------------------------------------------------------------- sweeps

@@ -18,10 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_dvc_pipeline import dvc
-from tests.integration.test_tutorial_pipeline import RESULTS, base, groups, hpcpipe_init, jobs
-from tests.support.slurm import sacct_row
-from tests.support.tutorial_project import STAGES, make_tutorial_project, set_param, stages_run
+from tests.support.commands import dvc
+from tests.support.slurm import now, sacct_row
+from tests.support.tutorial_project import (
+    RESULTS,
+    STAGES,
+    base,
+    groups,
+    hpcpipe_init,
+    jobs,
+    set_param,
+    stages_run,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -35,71 +43,70 @@ stages:
 """
 
 
-def now() -> str:
-    """A second ago, in the form of sacct -S (test_slurm_launcher has its twin)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
-
-
-def tutorial_jobs(since: str) -> dict[str, str]:
-    """Job id -> stage group of every hpcpipe job of a tutorial stage that sacct has since `since`."""
+def tutorial_jobs(since: str, workdir: Path) -> dict[str, str]:
+    """Job id -> stage group of every hpcpipe job of a tutorial stage that sacct has since
+    `since`, submitted from ``workdir`` (the test cluster may run another session's tutorial)."""
     out = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-S", since, "-o", "JobID,JobName"],
+        ["sacct", "-X", "-n", "-P", "-S", since, "-o", "JobID,JobName,WorkDir"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     wanted = set(groups(STAGES))
+    here = workdir.resolve()
     found = {}
     for line in out.splitlines():
-        job_id, name = line.split("|", 1)
-        if name.startswith("hpcpipe-") and base(name.removeprefix("hpcpipe-")) in wanted:
-            found[job_id] = base(name.removeprefix("hpcpipe-"))
+        job_id, name, where = line.split("|", 2)
+        group = base(name.removeprefix("hpcpipe-"))
+        if name.startswith("hpcpipe-") and group in wanted and Path(where).resolve() == here:
+            found[job_id] = group
     return found
 
 
-def new_jobs(since: str, earlier: set[str]) -> dict[str, str]:
-    return {job_id: group for job_id, group in tutorial_jobs(since).items() if job_id not in earlier}
+def new_jobs(since: str, earlier: set[str], workdir: Path) -> dict[str, str]:
+    return {job_id: group for job_id, group in tutorial_jobs(since, workdir).items() if job_id not in earlier}
 
 
-def wait_for_jobs(since: str, earlier: set[str], expected: Counter, timeout_s: float = 30) -> dict[str, str]:
+def wait_for_jobs(
+    since: str, earlier: set[str], expected: Counter, workdir: Path, timeout_s: float = 30
+) -> dict[str, str]:
     """new_jobs once sacct has all of them: slurmdbd gets a job's record a little after it ends."""
     deadline = time.monotonic() + timeout_s
-    found = new_jobs(since, earlier)
+    found = new_jobs(since, earlier, workdir)
     while Counter(found.values()) != expected and time.monotonic() < deadline:
         time.sleep(0.5)
-        found = new_jobs(since, earlier)
+        found = new_jobs(since, earlier, workdir)
     return found
 
 
 def test_each_stage_is_one_completed_job_and_a_noop_repro_submits_none(
-    tutorial_project: Path, slurm_cluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    tutorial_project: Path, slurm_cluster, monkeypatch: pytest.MonkeyPatch, plain_results: dict[str, bytes]
 ):
-    plain = make_tutorial_project(tmp_path / "plain")
-    dvc(plain, "repro")
     monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
     (tutorial_project / "configs" / "cluster").mkdir(parents=True)
     (tutorial_project / "configs" / "cluster" / "testcluster.yaml").write_text(PROFILE)
     hpcpipe_init(tutorial_project)
 
     since = now()
-    earlier = set(tutorial_jobs(since))  # sacct's -S has 1 s steps: an earlier test's job may be in it
+    # sacct's -S has 1 s steps: an earlier job from this folder may be in it
+    earlier = set(tutorial_jobs(since, tutorial_project))
     first = dvc(tutorial_project, "repro")
     assert stages_run(first.stdout) == list(STAGES)
     assert jobs(first.stderr, "COMPLETED") == groups(STAGES)
-    ours = wait_for_jobs(since, earlier, groups(STAGES))
+    ours = wait_for_jobs(since, earlier, groups(STAGES), tutorial_project)
     assert Counter(ours.values()) == groups(STAGES), ours
     rows = {job_id: sacct_row(job_id) for job_id in ours}
     assert {job_id: state for job_id, (state, _) in rows.items()} == dict.fromkeys(ours, "COMPLETED")
     partitions = {ours[job_id]: partition for job_id, (_, partition) in rows.items()}
     assert partitions == dict.fromkeys(groups(STAGES), "cpu") | {"train": "gpu"}
     for name in RESULTS:  # the scripts, unchanged, give bitwise the plain run's results
-        assert (tutorial_project / name).read_bytes() == (plain / name).read_bytes(), name
+        assert (tutorial_project / name).read_bytes() == plain_results[name], name
 
     again = dvc(tutorial_project, "repro")
     assert stages_run(again.stdout) == []
     assert jobs(again.stderr, "submitted") == Counter()
     time.sleep(3)  # a job submitted by it would have reached sacct by now
-    assert new_jobs(since, earlier) == ours
+    assert new_jobs(since, earlier, tutorial_project) == ours
 
 
 # train's 8 epochs at 3 s each: ~25 s of training, long enough to requeue it in the middle
@@ -122,9 +129,8 @@ def test_scontrol_requeue_after_epoch_2_resumes_train_to_the_same_model(
     slurm_cluster,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
+    plain_results: dict[str, bytes],  # the reference: plain DVC, no requeue
 ):
-    plain = make_tutorial_project(tmp_path / "plain")  # the reference: plain DVC, no requeue
-    dvc(plain, "repro", "train")
     monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
     set_param(tutorial_project, "train.epoch_seconds", EPOCH_S)  # the model does not depend on it
     hpcpipe_init(tutorial_project)
@@ -173,7 +179,5 @@ def test_scontrol_requeue_after_epoch_2_resumes_train_to_the_same_model(
     assert 2 <= len(before) <= resumed and before == list(range(1, len(before) + 1)), log
     assert after == list(range(resumed + 1, 9)), log
     assert RESUMED.search(repro_out), repro_out
-    assert (tutorial_project / "models" / "model.json").read_bytes() == (
-        plain / "models" / "model.json"
-    ).read_bytes()
+    assert (tutorial_project / "models" / "model.json").read_bytes() == plain_results["models/model.json"]
     assert list((tutorial_project / ".hpcpipe" / "jobs" / "train").glob("checkpoint-*")) == []

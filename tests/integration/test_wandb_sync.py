@@ -1,9 +1,10 @@
 """``hpcpipe sync`` and the launcher's W&B context, end to end on real offline runs.
 
 No W&B server can run here, so the server side is stood in for at the process
-boundary: a tiny ``wandb`` script, first on PATH, records each ``wandb sync`` call's
-arguments, fails for paths named in $FAKE_WANDB_FAIL and takes $FAKE_WANDB_SLEEP
-seconds (an upload that takes a while). The runs it is handed are real: written by
+boundary: the ``fake_wandb`` fixture (tests/support/fake_wandb.py), a tiny ``wandb``
+script first on PATH, records each ``wandb sync`` call's arguments, fails for paths
+named in $FAKE_WANDB_FAIL and takes $FAKE_WANDB_SLEEP seconds (an upload that takes a
+while). The runs it is handed are real: written by
 the real wandb library in offline mode through ``hpcpipe.tracking``. Whether a job
 is still in Slurm is asked of the real test cluster (``slurm`` tests).
 
@@ -29,43 +30,10 @@ from hpcpipe.config import WandbParams, load_params, load_profile
 from hpcpipe.tracking.context import RunContext
 from hpcpipe.tracking.records import read_run
 from hpcpipe.tracking.run import LIVE_MARKER, SYNCED_MARKER, mark_live, runs_root, segments
-from tests.conftest import update_params
+from tests.support.commands import wait_for
+from tests.support.fake_wandb import calls
 from tests.support.launch_project import add_command_stage, add_fake_stage
-
-FAKE_WANDB = """#!/usr/bin/env python3
-import os, sys, time
-time.sleep(float(os.environ.get("FAKE_WANDB_SLEEP", "0")))
-with open(os.environ["FAKE_WANDB_LOG"], "a") as log:
-    log.write(" ".join(sys.argv[1:]) + "\\n")
-if any(bad and bad in sys.argv[-1] for bad in os.environ.get("FAKE_WANDB_FAIL", "").split(",")):
-    print("wandb: ERROR network unreachable", file=sys.stderr)
-    sys.exit(1)
-"""
-
-
-@pytest.fixture
-def fake_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A stand-in ``wandb`` first on PATH; returns the file where it logs its calls."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    script = bin_dir / "wandb"
-    script.write_text(FAKE_WANDB)
-    script.chmod(0o755)
-    log = tmp_path / "wandb-calls.log"
-    log.touch()
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_WANDB_LOG", str(log))
-    monkeypatch.delenv("FAKE_WANDB_FAIL", raising=False)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("SUBMITIT_LOCAL_JOB_ID", raising=False)
-    for key in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_USER"):
-        monkeypatch.delenv(key, raising=False)
-    return log
-
-
-def calls(log: Path) -> list[str]:
-    return log.read_text().splitlines()
+from tests.support.project import update_params
 
 
 def write_run(project: Path, stage: str, job: str, epochs: range, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -273,8 +241,6 @@ def test_no_attempt_is_uploaded_while_slurm_still_has_its_job(
     """A plain job whose attempt finished well but that Slurm queued again (its marker is
     gone: sync asks Slurm), and an array task killed on its node (its marker stays, and
     names the task as ``ARRAY_TASK``). Both wait until Slurm no longer has the job."""
-    from tests.integration.test_launcher_local import wait_for
-
     plain, array = sbatch_held(), sbatch_held("--array=0-1")
     try:
         requeued = write_run(project, "train", plain, range(1, 3), monkeypatch)

@@ -12,28 +12,40 @@ the ``hpcpipe`` command, or ``dvc repro``. The stage's ``cmd`` is exactly that c
 - ``add_command_stage(root, "hello", ["python", "fake_stages.py", "hello", "out/hello.json"],
   outs=["out/hello.json"])``: a command stage (``hpcpipe run hello -- python ...``).
 
-Both return the ``hpcpipe`` arguments of the stage's command. For unit tests that call
-the job side directly, ``function_stage_work`` builds what ``hpcpipe run --fn`` submits
-(``stage_work.function_work``) from a stage given by hand instead of by DVC.
+Both return the ``hpcpipe`` arguments of the stage's command. ``start(root, "sleep_then_write")``
+declares a fake stage and starts the `hpcpipe` command for it as `dvc repro` does (the
+``slurm_project`` fixture: the same project on the test cluster); ``ledger_job``,
+``quoted`` and ``files_containing`` read what a launch left.
+
+For unit tests that call the job side directly, ``fake_spec`` and ``fake_params`` are what
+the launcher hands a fake stage's job, and ``function_stage_work`` builds what ``hpcpipe
+run --fn`` submits (``stage_work.function_work``) from a stage given by hand instead of by
+DVC. ``MOVES`` and ``is_move`` name the renames of a fake stage's two-output publication.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import yaml
 
 from hpcpipe.launch.dvc_stage import in_directory
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 FAKE_PATHS = {"source": "source.txt", "result": "out/result.txt", "report": "out/report"}
 FAKE_OUTS = ("out/result.txt", "out/report")
 FAKE_SECTIONS = ("train",)  # what the fake stages' schema reads (see fake_stages.SCHEMA)
+# The renames of a fake stage's two-output publication, in order: each output's previous
+# one aside, then its new one in (result.txt, then report/).
+MOVES = ("result aside", "result in", "report aside", "report in")
 
 
 def role_args(paths: Mapping[str, str]) -> list[str]:
@@ -82,6 +94,85 @@ def add_command_stage(
         stage["outs"] = list(outs)
     add_stage(root, name, stage)
     return args
+
+
+def launch(project: Path, args: Sequence[str], env: Mapping[str, str] | None = None, **popen: Any) -> Any:
+    """The `hpcpipe` command with ``args`` in ``project``, as `dvc repro` starts a stage's cmd,
+    in its own session (a test signals it alone) with its output piped; a ``subprocess.Popen``."""
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    return subprocess.Popen(
+        ["hpcpipe", *args], cwd=project, env={**os.environ, **(env or {})}, text=True,
+        start_new_session=True, **popen,
+    )  # fmt: skip
+
+
+def start(
+    project: Path,
+    function: str,
+    profile: str | None = None,
+    shims: Path | None = None,
+    declare: bool = True,
+    **popen: Any,
+) -> Any:
+    """``launch`` the fake function stage ``fake_stages.FUNCTION`` (declared in dvc.yaml first,
+    unless ``declare`` is False), under cluster ``profile`` when given (else $HPCPIPE_CLUSTER),
+    with the folder ``shims`` first on PATH when given."""
+    env = {"HPCPIPE_CLUSTER": profile} if profile else {}
+    if shims is not None:
+        env["PATH"] = f"{shims}{os.pathsep}{os.environ['PATH']}"
+    args = add_fake_stage(project, function) if declare else fake_stage_args(function)
+    return launch(project, args, env, **popen)
+
+
+@pytest.fixture
+def slurm_project(fake_stage_project: Path, slurm_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fake-stage project on the test cluster, plus `testcluster-1min`: the same
+    profile with a one-minute time limit."""
+    monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
+    short = {"extends": "testcluster", "defaults": {"time_min": 1}}
+    (fake_stage_project / "configs" / "cluster" / "testcluster-1min.yaml").write_text(yaml.safe_dump(short))
+    return fake_stage_project
+
+
+def ledger_job(project: Path, stage: str = "fake") -> str | None:
+    """The job id the project's ledger holds for ``stage`` (None: no entry)."""
+    from hpcpipe.launch.ledger import Ledger
+
+    entry = Ledger(project / ".hpcpipe" / "jobs" / "ledger").get(stage)
+    return entry.job_id if entry else None
+
+
+def quoted(err: str) -> list[str]:
+    """The stderr tail the launcher quotes after a failure (`  | ` lines), without the prefix."""
+    tail = err[err.index("last ") :].splitlines()
+    return [line[4:] for line in tail if line.startswith("  | ")]
+
+
+def files_containing(folder: Path, secret: str) -> list[Path]:
+    """The files under ``folder`` whose bytes hold ``secret``."""
+    return [p for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def fake_spec(function: str) -> Any:
+    """The ``StageSpec`` of ``fake_stages.FUNCTION`` as stage ``fake`` (what its job runs)."""
+    from hpcpipe.launch.spec import StageSpec
+
+    return StageSpec(
+        name="fake",
+        target=f"tests.support.fake_stages:{function}",
+        sections=FAKE_SECTIONS,
+        inputs=("source",),
+        outputs=("result", "report"),
+    )
+
+
+def is_move(target: Path, which: str) -> bool:
+    """Whether a rename to ``target`` is the move named ``which`` (one of ``MOVES``)."""
+    output, direction = which.split()
+    name = "result.txt" if output == "result" else "report"
+    if direction == "in":
+        return target.name == name
+    return target.name.startswith(f".{name}.tmp-old-")
 
 
 def fake_params(params_file: Path) -> SimpleNamespace:

@@ -5,6 +5,9 @@ already running, exports SLURM_CONF, and stops the cluster at the end only if it
 started it. Without Slurm installed (slurm/testcluster/install, as root) the
 tests that use it skip, except under CI, where they fail.
 
+`jobs_named`, `squeue_state` and `sacct_row` say what Slurm knows of a test's jobs;
+`now` is a start time for `jobs_named`.
+
 `second_cluster` starts another one beside it, configured otherwise (start's
 ``HPCPIPE_TESTCLUSTER_*`` settings, e.g. ``JOB_REQUEUE="0"``), in its own folder and on
 its own ports, for a test that needs a site unlike the shared cluster; it stops it
@@ -28,7 +31,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+
 SCRIPTS = REPO / "slurm" / "testcluster"
 EXPORT = re.compile(r"^export SLURM_CONF=(/\S+/slurm\.conf)$")
 DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
@@ -140,3 +144,42 @@ def sacct_row(job_id: str, timeout_s: float = 20) -> tuple[str, str]:
             return row[1], row[2]
         time.sleep(0.5)
     raise AssertionError(f"sacct has no finished record of job {job_id} after {timeout_s}s (last: {row})")
+
+
+def now() -> str:
+    """A second ago, as sacct's ``-S`` takes it: ``jobs_named(name, now())`` later lists the
+    jobs submitted from here on."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
+
+
+def jobs_named(name: str, since: str, workdir: Path | None = None) -> list[str]:
+    """Ids of the jobs called ``name`` since ``since``; with ``workdir``, only those submitted
+    from there (the test cluster may be shared with another test session)."""
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "--name", name, "-S", since, "-o", "JobID,WorkDir"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [line.split("|", 1) for line in out.splitlines() if line]
+    here = workdir.resolve() if workdir else None
+    return sorted({job for job, where in rows if here is None or Path(where).resolve() == here})
+
+
+def squeue_state(job_id: str) -> str:
+    """The job's state in squeue ("" once Slurm no longer lists it)."""
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+    return out.strip()
+
+
+def running_job(project: Path, stage: str = "fake", timeout_s: float = 60) -> str:
+    """The id of the job a launcher in ``project`` submitted for ``stage``, once the ledger
+    has it and Slurm runs it (a test about to kill the launcher waits for both)."""
+    from tests.support.commands import wait_for
+    from tests.support.launch_project import ledger_job
+
+    wait_for(lambda: ledger_job(project, stage) is not None, timeout=timeout_s, what=f"{stage} in the ledger")
+    job_id = ledger_job(project, stage)
+    assert job_id is not None
+    wait_for(lambda: squeue_state(job_id) == "RUNNING", timeout=timeout_s, what=f"job {job_id} RUNNING")
+    return job_id

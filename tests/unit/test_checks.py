@@ -10,8 +10,7 @@ import yaml
 
 from hpcpipe.config import Profile, Resources, known_profiles, load_profile, stage_name_problem
 from hpcpipe.launch.checks import account_problem, run_checks
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def test_a_site_that_charges_needs_an_account_from_the_profile_or_sbatch_env():

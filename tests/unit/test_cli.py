@@ -6,7 +6,7 @@ import pytest
 
 from hpcpipe.cli import main
 from hpcpipe.config import TrainParams, load_profile
-from tests.conftest import CLASSES, PER_CLASS, update_params
+from tests.support.project import CLASSES, PER_CLASS, update_params
 
 TARGET = "hpcpipe.stages.train:train"
 TRAIN_ARGS = [

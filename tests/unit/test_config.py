@@ -17,20 +17,8 @@ from hpcpipe.config import (
     resolve_profile_name,
 )
 from hpcpipe.validation import ConfigError
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def write_params(tmp_path: Path, **changes: dict) -> Path:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section, values in changes.items():
-        if values is None:
-            params.pop(section)
-        else:
-            params[section].update(values)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
+from tests.support import REPO
+from tests.support.project import write_params
 
 
 def test_the_projects_params_load_into_frozen_sections():

@@ -6,6 +6,7 @@ Real ``git`` and ``dvc`` in a temp project; nothing faked.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,14 +16,8 @@ from hpcpipe.launch.dvc_stage import StageDef, load_stage
 from hpcpipe.launch.dvc_stage import load_stage as load_stage_via_dvc
 from hpcpipe.launch.stage_memo import MEMO
 from hpcpipe.validation import ConfigError
-
-REPO = Path(__file__).resolve().parents[2]
-ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@e",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@e",
-}
+from tests.support import REPO
+from tests.support.commands import GIT_IDENTITY
 
 DVC_YAML = """\
 vars:
@@ -46,14 +41,16 @@ stages:
 
 
 def sh(root: Path, *args: str) -> str:
-    done = subprocess.run(args, cwd=root, capture_output=True, text=True, env={**os.environ, **ENV})
+    done = subprocess.run(args, cwd=root, capture_output=True, text=True, env={**os.environ, **GIT_IDENTITY})
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
-@pytest.fixture
-def dvc_project(tmp_path: Path) -> Path:
-    root = tmp_path / "p"
+@pytest.fixture(scope="module")
+def dvc_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small git + DVC project (a tracked data folder, a params file beside params.yaml),
+    made once: `dvc init` and `dvc add` cost seconds of DVC's start-up each."""
+    root = tmp_path_factory.mktemp("dvc-template") / "p"
     (root / "data").mkdir(parents=True)
     for i in range(5):
         (root / "data" / f"{i}.txt").write_text(f"row {i}\n")
@@ -66,6 +63,14 @@ def dvc_project(tmp_path: Path) -> Path:
     sh(root, "dvc", "add", "-q", "data")
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-q", "-m", "init")
+    return root
+
+
+@pytest.fixture
+def dvc_project(tmp_path: Path, dvc_template: Path) -> Path:
+    """A copy of ``dvc_template`` (its .git, .dvc and DVC cache included) for one test."""
+    root = tmp_path / "p"
+    shutil.copytree(dvc_template, root, symlinks=True)
     return root
 
 

@@ -9,21 +9,10 @@ import pytest
 
 from hpcpipe.config import TrainParams
 from hpcpipe.launch.job import run_stage, staging_path
-from hpcpipe.launch.spec import StageSpec
+from tests.support import REPO
 from tests.support.launch_project import FAKE_PATHS as PATHS
 from tests.support.launch_project import fake_params
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def spec(function: str) -> StageSpec:
-    return StageSpec(
-        name="fake",
-        target=f"tests.support.fake_stages:{function}",
-        sections=("train",),
-        inputs=("source",),
-        outputs=("result", "report"),
-    )
+from tests.support.launch_project import fake_spec as spec
 
 
 @pytest.fixture

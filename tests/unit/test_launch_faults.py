@@ -1,5 +1,6 @@
-"""The launcher's fault handling piece by piece (issue 13): claims, adoption, signals held
-during a submission, Slurm without accounting, and a local job's identity.
+"""The launcher's fault handling piece by piece (issue 13): adoption, signals held
+during a submission, Slurm without accounting, and a local job's identity (its claims:
+test_claim.py).
 
 Real processes, files and signals. Slurm's answers (squeue/sacct without accounting, or
 not answering) come from shims on PATH printing what Slurm prints in those cases; the
@@ -8,12 +9,9 @@ same paths run against the real test cluster in tests/integration/test_slurm_fau
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,51 +19,11 @@ from types import SimpleNamespace
 import pytest
 
 from hpcpipe.files import write_json_atomically
-from hpcpipe.launch import claim, completion, slurm_state, watch
+from hpcpipe.launch import completion, slurm_state, watch
 from hpcpipe.launch.executors import LocalBackend, local_controller_alive
 from hpcpipe.launch.interrupts import Interrupted, signals_held
 from hpcpipe.launch.ledger import Entry
 from hpcpipe.queue_cache import current_user
-
-
-# ------------------------------------------------------------------ claims
-def test_a_held_claim_makes_the_second_launcher_wait_until_it_is_released(tmp_path: Path):
-    path = tmp_path / "train.claim"
-    order: list[str] = []
-    waited = threading.Event()
-
-    def second() -> None:
-        with claim.claimed(path, on_wait=lambda holder: waited.set()):
-            order.append("second")
-
-    with claim.claimed(path):
-        assert json.loads(path.read_text())["pid"] == os.getpid()
-        thread = threading.Thread(target=second)
-        thread.start()
-        assert waited.wait(5)
-        time.sleep(0.3)
-        order.append("first")
-    thread.join(5)
-    assert order == ["first", "second"]
-    assert not path.exists()
-
-
-def test_a_claim_left_by_a_dead_launcher_on_this_host_is_taken_over(tmp_path: Path):
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    path = tmp_path / "train.claim"
-    path.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "time": time.time()}))
-    with claim.claimed(path, on_wait=lambda holder: pytest.fail(f"waited for a dead launcher: {holder}")):
-        assert json.loads(path.read_text())["pid"] == os.getpid()
-
-
-def test_a_fresh_claim_from_another_host_is_waited_for_and_an_old_one_is_not(tmp_path: Path):
-    path = tmp_path / "train.claim"
-    path.write_text(json.dumps({"host": "login-other", "pid": 1, "time": time.time()}))
-    assert not claim.is_stale(path)
-    old = time.time() - claim.STALE_S - 5
-    os.utime(path, (old, old))
-    assert claim.is_stale(path)
 
 
 # ------------------------------------------------------------------ adoption

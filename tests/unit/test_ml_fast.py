@@ -18,9 +18,8 @@ from hpcpipe.ml.training import make_optimizer, triangle
 from hpcpipe.stages.evaluate import evaluate
 from hpcpipe.stages.train import train
 from hpcpipe.validation import ConfigError
-from tests.unit.test_config import write_params
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+from tests.support.project import write_params
 
 
 def _images(n: int = 400) -> torch.Tensor:

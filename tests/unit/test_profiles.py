@@ -8,8 +8,8 @@ import pytest
 
 from hpcpipe.config import Profile, Resources, known_profiles, load_profile
 from hpcpipe.launch.profiles import executor_parameters, sbatch_text
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
 
 SITE = Profile(
@@ -141,6 +141,18 @@ def test_sbatch_text_matches_the_golden_file(profile_name, stage, request):
     assert text == golden.read_text()
 
 
+def profile_error(root: Path, text: str) -> str:
+    """The ConfigError that loading ``text`` as root's profile `mysite` must raise."""
+    from hpcpipe.validation import ConfigError
+
+    folder = root / "configs" / "cluster"
+    folder.mkdir(parents=True)
+    (folder / "mysite.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_profile("mysite", root)
+    return str(err.value)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -169,18 +181,12 @@ def test_sbatch_text_matches_the_golden_file(profile_name, stage, request):
 def test_control_characters_in_a_profile_are_refused(tmp_path, text, message):
     """A newline in a value becomes a second #SBATCH directive or shell command in the job
     script; an escape sequence rewrites the user's terminal when the profile is printed."""
-    from hpcpipe.validation import ConfigError
-
-    folder = tmp_path / "configs" / "cluster"
-    folder.mkdir(parents=True)
-    (folder / "mysite.yaml").write_text(text)
-    with pytest.raises(ConfigError) as err:
-        load_profile("mysite", tmp_path)
-    assert message in str(err.value)
-    assert str(err.value).endswith(
+    error = profile_error(tmp_path, text)
+    assert message in error
+    assert error.endswith(
         "profile values are single lines of plain text (give setup: one list item per line)"
     )
-    assert "\n" not in str(err.value)
+    assert "\n" not in error
 
 
 @pytest.mark.parametrize(
@@ -205,14 +211,7 @@ def test_control_characters_in_a_profile_are_refused(tmp_path, text, message):
     ],
 )
 def test_profile_numbers_are_finite_and_misspelt_keys_get_the_close_one(tmp_path, text, message):
-    from hpcpipe.validation import ConfigError
-
-    folder = tmp_path / "configs" / "cluster"
-    folder.mkdir(parents=True)
-    (folder / "mysite.yaml").write_text(text)
-    with pytest.raises(ConfigError) as err:
-        load_profile("mysite", tmp_path)
-    assert message in str(err.value)
+    assert message in profile_error(tmp_path, text)
 
 
 MULTI_GPU = {

@@ -21,25 +21,11 @@ import pytest
 from hpcpipe.launch import publish
 from hpcpipe.launch.job import run_stage
 from hpcpipe.launch.publish import Publisher
-from hpcpipe.launch.spec import StageSpec
 from hpcpipe.launch.termination import Terminated
+from tests.support import REPO
 from tests.support.launch_project import FAKE_PATHS as PATHS
-from tests.support.launch_project import fake_params
-
-REPO = Path(__file__).resolve().parents[2]
-# The renames of a two-output publication, in order: each output's previous one aside,
-# then its new one in (result.txt, then report/).
-MOVES = ("result aside", "result in", "report aside", "report in")
-
-
-def spec(function: str) -> StageSpec:
-    return StageSpec(
-        name="fake",
-        target=f"tests.support.fake_stages:{function}",
-        sections=("train",),
-        inputs=("source",),
-        outputs=("result", "report"),
-    )
+from tests.support.launch_project import MOVES, fake_params, is_move
+from tests.support.launch_project import fake_spec as spec
 
 
 @pytest.fixture
@@ -82,15 +68,6 @@ def visible(workdir: Path) -> dict[str, str]:
 
 def journal(workdir: Path) -> Path:
     return Publisher(workdir, "fake").journal
-
-
-def is_move(target: Path, which: str) -> bool:
-    """Whether a rename to ``target`` is the move named ``which`` (one of MOVES)."""
-    output, direction = which.split()
-    name = "result.txt" if output == "result" else "report"
-    if direction == "in":
-        return target.name == name
-    return target.name.startswith(f".{name}.tmp-old-")
 
 
 def fail_at(monkeypatch, which: str, fault) -> None:
@@ -137,9 +114,8 @@ KILLED_JOB = """
 import os, signal, sys
 from pathlib import Path
 from hpcpipe.launch import job, publish
-from tests.unit.test_publish import PATHS, REPO, fake_params, spec
-
-from tests.unit.test_publish import is_move
+from tests.support import REPO
+from tests.support.launch_project import FAKE_PATHS as PATHS, fake_params, fake_spec as spec, is_move
 
 real = publish._move
 def move(source, target):

@@ -22,6 +22,7 @@ from hpcpipe.ml.fast import whiten_init
 from hpcpipe.ml.loader import BatchLoader, normalize
 from hpcpipe.ml.models import build_model
 from hpcpipe.ml.training import SCHEDULES, Lookahead, Plan, fit, make_optimizer, resume, save_checkpoint
+from tests.support import REPO
 from tests.support.launch_project import FAKE_PATHS as PATHS
 from tests.support.launch_project import example_stage_work, fake_params
 
@@ -186,7 +187,6 @@ SPEC = StageSpec(
     outputs=("result", "report"),
     resumable=True,
 )
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_job_resumes_from_its_checkpoint_and_removes_it_once_published(tmp_path, monkeypatch):

@@ -27,12 +27,12 @@ from hpcpipe.stages.evaluate import evaluate
 from hpcpipe.stages.prepare import prepare
 from hpcpipe.stages.train import train
 from hpcpipe.validation import ConfigError
+from tests.support import REPO
 
 MakeParams = Callable[..., Params]
 
 
 # --------------------------------------------------------------------------- declarations
-REPO = Path(__file__).resolve().parents[2]
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from hpcpipe.config import load_params
 from hpcpipe.sweep.grid import apply_point, expand_grid, point_name, random_subset, validate_points
 from hpcpipe.validation import ConfigError
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 PARAMS = REPO / "params.yaml"
 
 

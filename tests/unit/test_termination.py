@@ -12,10 +12,13 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from hpcpipe.launch.termination import Terminated, TerminationWatch
+from hpcpipe.liveness import pid_alive
+from tests.support.commands import wait_for
 
 
 def test_sigterm_is_noticed_said_and_passed_on_and_usr2_is_left_alone(capfd):
@@ -83,13 +86,9 @@ time.sleep(60)
 """
 
 
-def wait_for(path, seconds: float = 30) -> str:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while not path.exists() or not path.read_text():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
+def written(path: Path) -> str:
+    """The text of ``path`` once a process has written it."""
+    wait_for(lambda: path.exists() and path.read_text(), timeout=30, what=str(path))
     return path.read_text()
 
 
@@ -109,7 +108,7 @@ def test_a_command_stage_told_to_stop_is_not_done_and_keeps_its_checkpoint(tmp_p
     )  # fmt: skip
 
     def scancel() -> None:
-        command = int(wait_for(tmp_path / "ready"))
+        command = int(written(tmp_path / "ready"))
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(command, signal.SIGTERM)
 
@@ -137,18 +136,12 @@ SLEEPER = "import os, time; open('ready', 'w').write(str(os.getpid())); time.sle
 def test_a_command_is_stopped_with_its_job_process(tmp_path):
     """submitit's local executor cancels with SIGINT to the job process: its command must
     not run on as an orphan."""
-    import time
-
     job = subprocess.Popen([sys.executable, "-c", INTERRUPTED_JOB, SLEEPER, str(tmp_path)])
-    command = int(wait_for(tmp_path / "ready"))
+    command = int(written(tmp_path / "ready"))
     job.send_signal(signal.SIGINT)
     assert job.wait(timeout=30) != 0
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(command, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    os.kill(command, signal.SIGKILL)
-    pytest.fail("the command outlived its job process")
+    try:
+        wait_for(lambda: not pid_alive(command), timeout=10, what="the command to end with its job process")
+    finally:
+        if pid_alive(command):
+            os.kill(command, signal.SIGKILL)

@@ -22,10 +22,10 @@ from hpcpipe.launch.job import run_stage
 from hpcpipe.tracking.context import RunContext, job_key, run_id
 from hpcpipe.tracking.records import has_exit_record, read_run
 from hpcpipe.tracking.run import JOB_RECORD, LIVE_MARKER, runs_root, segments
-from tests.conftest import update_params
+from tests.support import REPO
 from tests.support.launch_project import example_stage_work
+from tests.support.project import update_params
 
-REPO = Path(__file__).resolve().parents[2]
 CONTEXT = RunContext(
     stage="train",
     fingerprint="0123456789abcdef",

@@ -32,6 +32,7 @@ from hpcpipe.launch import slurm_state
 from hpcpipe.launch.interrupts import signals_held
 from hpcpipe.launch.profiles import executor_parameters
 from hpcpipe.launch.watch import LocalWatch, SlurmWatch, recorded_outcome
+from hpcpipe.liveness import running_command
 from hpcpipe.queue_cache import QueueCache
 
 JobState = slurm_state.JobState
@@ -172,19 +173,9 @@ def local_controller_alive(job_id: str, folder: Path | None = None) -> bool:
     """Whether ``job_id`` is the pid of submitit's local job controller (for ``folder``,
     when given). A pid alone is not enough: once the job has ended, the system may give its
     pid to any process, which ``hpcpipe cancel`` must never signal."""
-    import psutil
-
-    if not job_id.isdigit():
-        return False
-    try:
-        process = psutil.Process(int(job_id))
-        command = process.cmdline()
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-    joined = " ".join(command)  # a list, or `sh -c "... python -m submitit.local._local FOLDER"`
-    if LOCAL_CONTROLLER not in joined:
+    # a list, or `sh -c "... python -m submitit.local._local FOLDER"`
+    joined = running_command(int(job_id)) if job_id.isdigit() else None
+    if joined is None or LOCAL_CONTROLLER not in joined:
         return False
     return folder is None or str(folder.resolve()) in joined or str(folder.absolute()) in joined
 

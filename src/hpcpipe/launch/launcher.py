@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from hpcpipe.claim import claimed
 from hpcpipe.config import Profile
 from hpcpipe.launch import completion, usage
 from hpcpipe.launch.checks import account_problem, write_access_problem
-from hpcpipe.launch.claim import claimed
 from hpcpipe.launch.command_job import EXIT_MARK, exit_status_from
 from hpcpipe.launch.executors import Backend, backend
 from hpcpipe.launch.interrupts import Interrupted, SignalsAsExceptions, signals_noted
@@ -44,6 +44,8 @@ from hpcpipe.validation import ConfigError
 STDERR_TAIL_LINES = 20
 RESULT_CHECK_S = 0.25  # how often the job's result file is looked at (a stat; Slurm: every poll_s)
 SUBMITIT_INFO = "submitit INFO ("  # how submitit's logger starts its INFO lines in a job's log
+# a claim is held for one sbatch (seconds); a minute of clock skew between login nodes is allowed for
+CLAIM_STALE_S = 120.0
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 __all__ = ["Interrupted", "SignalsAsExceptions"]  # re-exported: the sweep runner uses them
@@ -209,7 +211,9 @@ def launch(work: Work, profile: Profile, root: Path, verbose: bool = False) -> i
     watcher: Any = None
     with SignalsAsExceptions():
         try:
-            with claimed(ledger.claim_path(work.name), on_wait=lambda who: _say_waiting(work.name, who)):
+            with claimed(
+                ledger.claim_path(work.name), CLAIM_STALE_S, on_wait=lambda who: _say_waiting(work.name, who)
+            ):
                 if _adopt(ledger, work, profile, root):
                     return 0
                 job = _reattach(ledger, work, profile)

@@ -25,7 +25,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -230,14 +229,3 @@ def recorded_outcome(pickle_path: Path) -> bool | None:
 
     status, _ = pickle_load(pickle_path)
     return status == "success"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:  # on Linux, a zombie (ended, not yet reaped) is not alive
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True

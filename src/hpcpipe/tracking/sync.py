@@ -37,14 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcpipe import claim
+from hpcpipe.liveness import pid_alive
 from hpcpipe.queue_cache import QueueCache
-from hpcpipe.tracking import claim
 from hpcpipe.tracking.run import JOB_RECORD, LIVE_MARKER, SYNCED_MARKER, segments
 from hpcpipe.tracking.slurm_queue import queued_jobs
 
 SYNC_COMMAND = ("wandb", "sync")
 SYNC_TIMEOUT_S = 1800
 CLAIM_STALE_S = SYNC_TIMEOUT_S + 300  # an upload is killed before: its claim is abandoned
+CLAIM_FILE = "sync.claim"  # in the run folder, while one sync uploads it
 
 
 @dataclass(frozen=True)
@@ -93,17 +95,6 @@ class SlurmQueue:
         return self.asked[user]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split()[2] == "Z")
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
     """The file's mapping; None when it does not exist; {} when it cannot be read."""
     try:
@@ -141,7 +132,7 @@ def liveness(folder: Path, queue: SlurmQueue | None = None) -> str | None:
         return None
     if live.get("host") == socket.gethostname():
         pid = live.get("pid")
-        return "its job is still running" if isinstance(pid, int) and _pid_alive(pid) else None
+        return "its job is still running" if pid_alive(pid, live.get("started")) else None
     return f"its job may still be running on {live.get('host') or 'another host'}"
 
 
@@ -214,7 +205,7 @@ def upload(run: RunFolder, command: Sequence[str] = SYNC_COMMAND) -> str | None:
 
 def claimed_upload(run: RunFolder) -> tuple[str, str]:
     """Upload ``run`` under its claim: ("synced" | "failed" | "busy" | "done", detail)."""
-    held = claim.take(run.folder, CLAIM_STALE_S)
+    held = claim.take(run.folder / CLAIM_FILE, CLAIM_STALE_S)
     if held is None:
         return "busy", "another hpcpipe sync is uploading it"
     try:
