@@ -70,7 +70,11 @@ def write_json_atomically(target: Path, obj: Any) -> None:
 def _add_tree(digest: hashlib._Hash, root: str, rel: str) -> None:
     """Add (path, inode, mtime, size, mode) of ``rel`` and, for a folder, of every entry below it.
 
-    Plain ``os.scandir`` and strings: 12,000 files in ~0.1 s (pathlib takes several times that).
+    Plain ``os.scandir`` and strings: 60,000 files in ~0.2 s, of which the stat calls are
+    0.15 (pathlib takes several times that; ``find`` alone 0.12-0.19). The entries are taken in the order the
+    filesystem lists them, not sorted: that order is stable while a folder is unchanged,
+    and a listing that comes back reordered only gives a signature that matches nothing,
+    so the memo asks again; it never makes two different states look the same.
     """
     top = os.path.join(root, rel)
     try:
@@ -81,18 +85,25 @@ def _add_tree(digest: hashlib._Hash, root: str, rel: str) -> None:
     digest.update(f"{rel}\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_size}\0{st.st_mode}\n".encode())
     if not stat.S_ISDIR(st.st_mode):
         return
-    lines = []
+    lines: list[str] = []
+    append, is_dir = lines.append, stat.S_ISDIR
     folders = [(top, rel)]
     while folders:
         folder, name = folders.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                st = entry.stat(follow_symlinks=False)
-                child = f"{name}/{entry.name}"
-                lines.append(f"{child}\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_size}\0{st.st_mode}\n")
-                if stat.S_ISDIR(st.st_mode):
-                    folders.append((entry.path, child))
-    lines.sort()  # scandir's order is the filesystem's
+        # listed through the folder's descriptor, so each stat is an fstatat of one name
+        # (no walk of the whole path again per file: an RPC per component on Lustre/NFS)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    st = entry.stat(follow_symlinks=False)
+                    append(
+                        f"{name}/{entry.name}\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_size}\0{st.st_mode}\n"
+                    )
+                    if is_dir(st.st_mode):
+                        folders.append((os.path.join(folder, entry.name), f"{name}/{entry.name}"))
+        finally:
+            os.close(fd)
     digest.update("".join(lines).encode())
 
 
