@@ -107,6 +107,21 @@ def test_a_cancel_that_slurm_refuses_is_said_and_never_called_cancelled(slurm_pr
         cleanup(job_id)
 
 
+def test_a_submission_slurm_refuses_is_one_line_and_queues_nothing(slurm_project: Path, tmp_path: Path):
+    """sbatch fails as it does with slurmctld down (its own message, exit 1): the launcher
+    says the scheduler's reason in one line, exits 1, and records no job."""
+    refuse = (
+        "echo 'sbatch: error: Batch job submission failed: Unable to contact slurm controller "
+        "(connect failure)' >&2\nexit 1\n"
+    )
+    driver = start(slurm_project, "sleep_then_write", shims=shim(tmp_path / "shims", "sbatch", refuse))
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 1, err
+    assert "Traceback" not in err and err.count("Unable to contact slurm controller") == 1, err
+    assert "refused the job, nothing was queued" in err
+    assert ledger_job(slurm_project) is None
+
+
 def test_a_ledger_that_cannot_be_written_cancels_the_job_it_would_record(slurm_project: Path):
     """A real write failure: the ledger entry's path is a directory, so the rename fails."""
     (slurm_project / ".hpcpipe" / "jobs" / "ledger" / "fake.json").mkdir(parents=True)

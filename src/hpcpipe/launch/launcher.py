@@ -18,6 +18,7 @@ import codecs
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -271,7 +272,18 @@ def _submit_recorded(root: Path, profile: Profile, work: Work, kind: Backend) ->
     """Submit, and record the job in the ledger; a job that cannot be recorded is cancelled."""
     folder = job_folder(root, profile, work.name)
     executor = prepared_executor(profile, work.name, folder, requeue=resumable(work.function))
-    job = executor.submit(work.function, *work.args)
+    from submitit.core.utils import FailedJobError
+
+    try:
+        # submitit prints sbatch's complaint before raising it: said once below, as one line
+        # (not inline, where "submitting" runs the stage, whose stderr is the user's to see)
+        inline = kind.runs_in_this_process
+        with contextlib.nullcontext() if inline else contextlib.redirect_stderr(io.StringIO()):
+            job = executor.submit(work.function, *work.args)
+    except (FailedJobError, subprocess.SubprocessError) as err:
+        raise SubmitRefused(
+            f"{work.name}: the scheduler refused the job, nothing was queued: {last_line(str(err))}"
+        ) from None
     try:
         ledger_for(root, profile).put(ledger_entry(work.name, job, profile, work.fingerprint, folder))
     except OSError as err:
@@ -286,6 +298,17 @@ def _submit_recorded(root: Path, profile: Profile, work: Work, kind: Backend) ->
 
 class Unrecorded(ConfigError):
     """A job was submitted but could not be put in the ledger (and was cancelled)."""
+
+
+class SubmitRefused(Unrecorded):
+    """The scheduler said no (slurmctld down, an account or a partition it refuses, a
+    submit limit): nothing was queued. Its message is one line, the scheduler's reason."""
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of a tool's complaint: sbatch's reason comes last."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no reason given"
 
 
 def _cancel(watcher: Any) -> str | None:

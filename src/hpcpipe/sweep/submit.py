@@ -22,7 +22,7 @@ from typing import Protocol
 
 from hpcpipe.config import Profile
 from hpcpipe.launch.executors import backend
-from hpcpipe.launch.launcher import say
+from hpcpipe.launch.launcher import last_line, say
 from hpcpipe.sweep import record
 from hpcpipe.sweep.record import Attempt, Point, Sweep
 
@@ -30,11 +30,6 @@ from hpcpipe.sweep.record import Attempt, Point, Sweep
 class SubmitRefused(Exception):
     """The scheduler said no (MaxArraySize, a submit limit, resources no node has): nothing
     was queued. Its message is one line, the scheduler's own reason."""
-
-
-def last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no reason given"
 
 
 @contextlib.contextmanager
