@@ -49,6 +49,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launch_overhead import start_cluster
+
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "b62f1d71a2cb50e6be583a832f5208c6246b6ad1"  # main before issue 16.2
 BASELINE_SHORT = BASELINE[:7]
@@ -133,13 +135,6 @@ class Watcher:
         self.proc.wait(timeout=timeout)
         time.sleep(0.2)  # the reader threads catch up
         return time.time()
-
-
-def start_cluster() -> tuple[str, bool]:
-    out = subprocess.run(
-        ["bash", str(REPO / "slurm/testcluster/start")], capture_output=True, text=True, check=True
-    ).stdout
-    return re.search(r"export SLURM_CONF=(\S+)", out).group(1), out.startswith("# testcluster: started")
 
 
 def make_shims(folder: Path) -> Path:

@@ -48,15 +48,7 @@ def scale_project(fake_stage_project: Path, slurm_cluster) -> Path:
 
 def launch(project: Path, name: str, command: list[str], outs: list[str] = ()) -> subprocess.Popen:
     args = add_command_stage(project, name, ["python", "ranks_script.py", *command], outs=outs)
-    return subprocess.Popen(
-        ["hpcpipe", *args],
-        cwd=project,
-        env={**os.environ, "HPCPIPE_CLUSTER": "testcluster-scale"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return _hpcpipe(project, args)
 
 
 def launch_function(project: Path, name: str, function: str) -> subprocess.Popen:
@@ -64,6 +56,11 @@ def launch_function(project: Path, name: str, function: str) -> subprocess.Popen
     args = ["run", name, "--fn", f"ranks_script:{function}", *role_args(FAKE_PATHS)]
     stage = {"cmd": " ".join(["hpcpipe", *args]), "deps": ["source.txt", "ranks_script.py"]}
     add_stage(project, name, {**stage, "params": ["train"], "outs": list(FAKE_OUTS)})
+    return _hpcpipe(project, args)
+
+
+def _hpcpipe(project: Path, args: list[str]) -> subprocess.Popen:
+    """``hpcpipe ARGS`` in ``project`` on the two-task profile, in a session of its own."""
     return subprocess.Popen(
         ["hpcpipe", *args],
         cwd=project,
