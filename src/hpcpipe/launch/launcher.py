@@ -274,16 +274,18 @@ def _submit_recorded(root: Path, profile: Profile, work: Work, kind: Backend) ->
     executor = prepared_executor(profile, work.name, folder, requeue=resumable(work.function))
     from submitit.core.utils import FailedJobError
 
+    # submitit prints sbatch's complaint before raising it: kept here and said once, as one
+    # line; what it prints on success goes on to stderr. Not inline, where "submitting" runs
+    # the stage itself, whose stderr is the user's to see as it comes.
+    chatter = io.StringIO()
     try:
-        # submitit prints sbatch's complaint before raising it: said once below, as one line
-        # (not inline, where "submitting" runs the stage, whose stderr is the user's to see)
-        inline = kind.runs_in_this_process
-        with contextlib.nullcontext() if inline else contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.nullcontext() if kind.runs_in_this_process else contextlib.redirect_stderr(chatter):
             job = executor.submit(work.function, *work.args)
     except (FailedJobError, subprocess.SubprocessError) as err:
         raise SubmitRefused(
             f"{work.name}: the scheduler refused the job, nothing was queued: {last_line(str(err))}"
         ) from None
+    sys.stderr.write(chatter.getvalue())
     try:
         ledger_for(root, profile).put(ledger_entry(work.name, job, profile, work.fingerprint, folder))
     except OSError as err:
