@@ -28,7 +28,14 @@ from tests.support.launch_project import (
     quoted,
     start,
 )
-from tests.support.slurm import jobs_named, now, running_job, sacct_row, squeue_state
+from tests.support.slurm import (
+    jobs_named,
+    jobs_named_once_recorded,
+    now,
+    running_job,
+    sacct_row,
+    squeue_state,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -185,6 +192,6 @@ def test_repro_detach_submits_a_driver_that_submits_the_stages(project: Path, sl
     wait_for(lambda: squeue_state(driver_id) == "", timeout=900)
     assert sacct_row(driver_id)[0] == "COMPLETED"
     for stage, partition in (("prepare", "cpu"), ("train", "gpu"), ("evaluate", "gpu")):
-        jobs = jobs_named(f"hpcpipe-{stage}", since, project)
+        jobs = jobs_named_once_recorded(f"hpcpipe-{stage}", since, project)
         assert len(jobs) == 1 and sacct_row(jobs[0]) == ("COMPLETED", partition)
     assert (project / "metrics" / "evaluate.json").exists()

@@ -166,6 +166,16 @@ def jobs_named(name: str, since: str, workdir: Path | None = None) -> list[str]:
     return sorted({job for job, where in rows if here is None or Path(where).resolve() == here})
 
 
+def jobs_named_once_recorded(name: str, since: str, workdir: Path, timeout_s: float = 30) -> list[str]:
+    """``jobs_named`` once at least one such job has reached the database with its WorkDir:
+    slurmdbd records a job asynchronously, and a loaded machine shows its row late (see
+    ``sacct_row``). For asserting how many ran; ``jobs_named`` alone for "none ran"."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := jobs_named(name, since, workdir)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
+
+
 def squeue_state(job_id: str) -> str:
     """The job's state in squeue ("" once Slurm no longer lists it)."""
     out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
