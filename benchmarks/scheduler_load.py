@@ -6,8 +6,9 @@ Every Slurm command (squeue, sacct, sbatch, scancel, scontrol, sstat) goes throu
 shim on PATH that logs it and runs the real one; each watcher has its own log. In one
 run, three watchers side by side, each in its own fresh DVC project (git + dvc init):
 
-- hpcpipe: this checkout, the site profiles' poll_s (10 s: the test cluster's profile
-  with ``poll_s: 10``), the project's one shared squeue answer (``hpcpipe.queue_cache``);
+- hpcpipe: this checkout, the site profiles' poll_s (``SITE_POLL_S``, read from the
+  shipped perlmutter profile: the test cluster's profile with that ``poll_s``), the
+  project's one shared squeue answer (``hpcpipe.queue_cache``);
 - before: hpcpipe as of ``BASELINE`` (before issue 16.2: each launcher asked ``squeue
   -j`` every poll, a sweep ``squeue`` and ``sacct`` per array every poll), with the poll_s
   the site profiles shipped then (2 s, Perlmutter's and Cori's), from ``git archive``;
@@ -16,7 +17,7 @@ run, three watchers side by side, each in its own fresh DVC project (git + dvc i
 Measured:
   a. one stage of N minutes (a command stage: sleep, with a wandb offline run, so
      ``hpcpipe sync`` has something to judge), and ``hpcpipe sync --watch --dry-run``
-     (--poll 10) beside it: the commands of both per job-minute (job-minutes: from the
+     (--poll SITE_POLL_S) beside it: the commands of both per job-minute (job-minutes: from the
      sbatch to the launcher's exit; hpcpipe's two share one answer, so whichever finds
      it old asks), each one's share, and how long after the job's result file appeared
      the launcher said COMPLETED;
@@ -49,11 +50,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from launch_overhead import start_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "b62f1d71a2cb50e6be583a832f5208c6246b6ad1"  # main before issue 16.2
 BASELINE_SHORT = BASELINE[:7]
+# what the site profiles ship (Perlmutter's, Cori's and the generic slurm's agree)
+SITE_POLL_S = float(yaml.safe_load((REPO / "src/hpcpipe/profiles/perlmutter.yaml").read_text())["poll_s"])
+SYNC_WATCH = ["sync", "--watch", "--dry-run", "--poll", f"{SITE_POLL_S:g}"]
 SLURM_COMMANDS = ("squeue", "sacct", "sbatch", "scancel", "scontrol", "sstat")
 NAP = textwrap.dedent(
     """
@@ -155,7 +160,7 @@ def make_project(root: Path, minutes: float, point_s: float) -> None:
     params = {"nap": minutes * 60, "point": point_s, "long": 600}
     (root / "params.yaml").write_text("".join(f"{k}:\n  seconds: {v}\n  i: 0\n" for k, v in params.items()))
     (root / "configs" / "cluster").mkdir(parents=True)
-    for name, poll in (("site", 10), ("before", 2)):
+    for name, poll in (("site", SITE_POLL_S), ("before", 2)):
         text = f"extends: testcluster\npoll_s: {poll}\ndefaults:\n  time_min: 30\n"
         (root / "configs" / "cluster" / f"{name}.yaml").write_text(text)
     (root / ".gitignore").write_text("wandb/\n.hpcpipe/\n.bare-jobs/\n*.pid\n")
@@ -244,7 +249,7 @@ def one_stage(setup: Setup) -> dict[str, dict[str, object]]:
         if variant != "submitit":
             sync_log = setup.tmp / f"sync-{variant}.log"
             sync = (
-                setup.start(variant, root, ["sync", "--watch", "--dry-run", "--poll", "10"], sync_log),
+                setup.start(variant, root, SYNC_WATCH, sync_log),
                 sync_log,
             )
         runs[variant] = (root, log, watcher, sync)
@@ -287,7 +292,7 @@ def sweep(setup: Setup) -> dict[str, dict[str, object]]:
             args = ["sweep", "-S", f"point.i={values}", "--name", "s", "--parallelism", "16"]
         sync = None
         if variant != "submitit":
-            sync = setup.start(variant, root, ["sync", "--watch", "--dry-run", "--poll", "10"], log)
+            sync = setup.start(variant, root, SYNC_WATCH, log)
         runs[variant] = (log, setup.start(variant, root, args, log), sync)
     out = {}
     for variant, (log, watcher, sync) in runs.items():
@@ -377,7 +382,8 @@ def report(minutes: float, args: argparse.Namespace, stage, swept, killed) -> No
     flags = "--five" if args.five else f"--minutes {args.minutes:g}"
     print(f"## scheduler_load ({time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} CPUs)")
     print(f"command: python benchmarks/scheduler_load.py {flags} --point-s {args.point_s:g}\n")
-    variants = f"hpcpipe (poll 10 s, shared answer) | before ({BASELINE_SHORT}, poll 2 s) | bare submitit"
+    hpcpipe = f"hpcpipe (poll {SITE_POLL_S:g} s, shared answer)"
+    variants = f"{hpcpipe} | before ({BASELINE_SHORT}, poll 2 s) | bare submitit"
     print(f"| measure | {variants} | target |")
     print("| --- | --- | --- | --- | --- |")
     row = [_n(stage[v]["rate"]) for v in VARIANTS]

@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
     sync.add_argument("--jobs", type=int, default=4, metavar="N", help="uploads at a time (default 4)")
     sync.add_argument("--watch", action="store_true", help="keep syncing as jobs finish, until Ctrl-C")
-    sync.add_argument("--poll", type=float, default=10.0, metavar="S", help="seconds between --watch passes")
+    sync.add_argument("--poll", type=float, default=12.0, metavar="S", help="seconds between --watch passes")
 
     sweep = sub.add_parser(
         "sweep", help="a hyperparameter grid as one job array -> DVC experiments", add_help=False

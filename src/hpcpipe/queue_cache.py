@@ -12,7 +12,7 @@ array tasks one per line, named ``ARRAY_TASK`` as ``%i`` names them), and the an
 kept, with the time it was asked, in ``.dvc/tmp/hpcpipe/squeue-USER.json`` of the
 project (written whole, ``files.write_json_atomically``; ``.dvc/tmp`` is DVC's own
 git-ignored scratch folder). A caller asks for an answer no older than it needs
-(``QueueCache.answer(max_age_s)``: a watcher's profile ``poll_s``, 10 s on the site
+(``QueueCache.answer(max_age_s)``: a watcher's profile ``poll_s``, 12 s on the site
 profiles), and asked after a moment it names (``newer_than``: a job submitted later
 cannot be in an older answer). The cached answer is used while it fits; else one
 process refreshes it while the others wait for its answer: the refresher holds an
@@ -48,7 +48,7 @@ from typing import Any
 from hpcpipe import claim
 from hpcpipe.files import write_json_atomically
 
-REFRESH_S = 10.0  # the budget: one squeue per 10 s per project (the site profiles' poll_s)
+REFRESH_S = 12.0  # the budget: under one squeue per 10 s per project (the site profiles' poll_s)
 CACHE_DIR = Path(".dvc") / "tmp" / "hpcpipe"
 FIELDS = ("JobArrayID", "UserName", "State", "Reason", "NodeList", "TimeUsed", "RestartCnt")
 SQUEUE_TIMEOUT_S = 20

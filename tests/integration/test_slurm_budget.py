@@ -4,7 +4,7 @@ asked while the jobs are in squeue's answer; a job cancelled by someone else is 
 reported, within a few answers.
 
 squeue and sacct are the real ones, behind a shim on PATH that only logs each call and
-execs them. The profile is the test cluster's with ``poll_s: 2`` (a site's is 10), so
+execs them. The profile is the test cluster's with ``poll_s: 2`` (a site's is 12), so
 a short run holds enough polls to tell one shared squeue per poll from one per watcher.
 Bounds are counts of calls against the polls the watching window holds, never times.
 """

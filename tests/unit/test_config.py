@@ -199,7 +199,7 @@ def test_extends_builds_on_another_profile_with_the_projects_own_entries(tmp_pat
     write_profile(tmp_path, "slurm", {"stages": {"train": {"gpus": 4}}})
     write_profile(tmp_path, "mysite", {"extends": "slurm", "defaults": {"partition": "main"}})
     profile = load_profile("mysite", tmp_path)
-    assert (profile.name, profile.executor, profile.poll_s) == ("mysite", "slurm", 10.0)
+    assert (profile.name, profile.executor, profile.poll_s) == ("mysite", "slurm", 12.0)
     assert profile.resources("train").gpus == 4
     assert profile.resources("train").partition == "main"
     assert profile.resources("repro").time_min == 720  # from the shipped slurm.yaml
