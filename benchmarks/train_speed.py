@@ -43,9 +43,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 from hpcpipe.config import load_params  # noqa: E402
 from hpcpipe.ml.data import Split, channel_stats, read_imagefolder, stratified_subset  # noqa: E402
-from hpcpipe.ml.fast import WHITEN_IMAGES, whiten_init  # noqa: E402
 from hpcpipe.ml.loader import BatchLoader, normalize  # noqa: E402
 from hpcpipe.ml.models import build_model  # noqa: E402
+from hpcpipe.ml.recipe import WHITEN_IMAGES, whiten_init  # noqa: E402
 from hpcpipe.ml.training import (  # noqa: E402
     SCHEDULES,
     Lookahead,

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from hpcpipe.config import load_params
-from hpcpipe.ml.fast import FastNet, whiten_init
 from hpcpipe.ml.loader import BatchLoader
 from hpcpipe.ml.models import build_model
+from hpcpipe.ml.recipe import FastNet, whiten_init
 from hpcpipe.ml.training import make_optimizer, triangle
 from hpcpipe.stages.evaluate import evaluate
 from hpcpipe.stages.train import train

@@ -18,9 +18,9 @@ import torch
 from hpcpipe.launch import job
 from hpcpipe.launch.spec import StageSpec
 from hpcpipe.ml.data import load_split, read_manifest
-from hpcpipe.ml.fast import whiten_init
 from hpcpipe.ml.loader import BatchLoader, normalize
 from hpcpipe.ml.models import build_model
+from hpcpipe.ml.recipe import whiten_init
 from hpcpipe.ml.training import SCHEDULES, Lookahead, Plan, fit, make_optimizer, resume, save_checkpoint
 from tests.support import REPO
 from tests.support.launch_project import FAKE_PATHS as PATHS

@@ -4,7 +4,7 @@ Recipe: SGD with nesterov momentum; weight decay on weights only (not on biases 
 BatchNorm parameters, which it would only pull toward zero for no regularising
 gain, as nanoGPT does); a learning rate set every step: linear warmup over the
 first 10% of steps, then cosine decay to zero; plain cross-entropy. The ``fast``
-recipe (``hpcpipe.ml.fast``) swaps in a triangular schedule, faster-learning
+recipe (``hpcpipe.ml.recipe``) swaps in a triangular schedule, faster-learning
 biases, label smoothing and ``Lookahead``: the ``Plan`` says which.
 
 Resume: with a checkpoint path, ``fit`` saves everything the rest of the run

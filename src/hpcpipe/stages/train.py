@@ -6,7 +6,7 @@ The training images are moved to the device once and batched there (see
 ``hpcpipe.ml.loader``); on a GPU the model runs channels_last under bf16 autocast.
 Prints one line per epoch (and logs it to the stage's W&B run when there is one).
 ``tutorial`` on the 10k-image sample, 2 CPU cores, batch 128: about 7,000 images/s, ~1.4 s an epoch;
-40 epochs reach ~64% test accuracy. ``fast``: see ``hpcpipe.ml.fast``.
+40 epochs reach ~64% test accuracy. ``fast``: see ``hpcpipe.ml.recipe``.
 
 With ``checkpoint`` (the job side passes one, keyed by the stage's fingerprint), the
 training state is saved after every epoch and a requeued job resumes from it; at
@@ -106,8 +106,8 @@ def _train(
     )
     net = build_model(p.model, num_classes=len(classes), width=p.width)
     if p.model == "fast":
-        from hpcpipe.ml.fast import WHITEN_IMAGES, whiten_init
         from hpcpipe.ml.loader import normalize
+        from hpcpipe.ml.recipe import WHITEN_IMAGES, whiten_init
 
         whiten_init(net, normalize(data.images[:WHITEN_IMAGES], manifest["mean"], manifest["std"]))
     if ranks.distributed and device.type == "cuda":
