@@ -43,18 +43,10 @@ sys.path.insert(0, str(REPO / "src"))
 
 from hpcpipe.config import load_params  # noqa: E402
 from hpcpipe.ml.data import Split, channel_stats, read_imagefolder, stratified_subset  # noqa: E402
-from hpcpipe.ml.fast import WHITEN_IMAGES, whiten_init  # noqa: E402
-from hpcpipe.ml.loader import BatchLoader, normalize  # noqa: E402
+from hpcpipe.ml.loader import BatchLoader  # noqa: E402
 from hpcpipe.ml.models import build_model  # noqa: E402
-from hpcpipe.ml.training import (  # noqa: E402
-    SCHEDULES,
-    Lookahead,
-    Plan,
-    fit,
-    make_optimizer,
-    memory_format,
-    predict,
-)
+from hpcpipe.ml.recipe import build  # noqa: E402
+from hpcpipe.ml.training import fit, predict  # noqa: E402
 
 BATCH = 128
 DEFAULT_DATA = REPO / ".bench-data"
@@ -198,30 +190,14 @@ def test_accuracy(model: torch.nn.Module, data: Data, device: torch.device) -> f
     return (predictions == data.test.labels).float().mean().item()
 
 
-def fast_plan(model: torch.nn.Module, recipe: Any) -> Plan:
-    optimizer = make_optimizer(
-        model, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-        bias_lr_scale=recipe.bias_lr_scale,
-    )  # fmt: skip
-    lookahead = Lookahead(model) if recipe.lookahead else None
-    return Plan(optimizer, SCHEDULES[recipe.schedule], recipe.label_smoothing, lookahead)
-
-
 def train_fast(data: Data, device: torch.device, *, width: float, epochs: int, seed: int) -> torch.nn.Module:
-    """params.yaml's ``fast`` recipe at ``width`` for ``epochs``, data on ``device``."""
+    """params.yaml's ``fast`` recipe at ``width`` for ``epochs`` and ``seed``, data on ``device``:
+    the run the train stage builds (``recipe.build``), trained by the same ``fit``."""
     recipe = load_params(REPO / "params.yaml").train
-    torch.manual_seed(seed)
-    batch = min(recipe.batch_size, len(data.train))
-    loader = BatchLoader(
-        data.train.images.to(device), data.train.labels.to(device), batch_size=batch,
-        mean=data.mean, std=data.std, shuffle=True, augment=True, drop_last=True, seed=seed,
-        pad=recipe.translate, alternating_flip=recipe.alternating_flip,
-    )  # fmt: skip
-    model = build_model("fast", width=width)
-    whiten_init(model, normalize(data.train.images[:WHITEN_IMAGES], data.mean, data.std))
-    model.to(device, memory_format=memory_format(device))
-    fit(model, loader, fast_plan(model, recipe), epochs=epochs, device=device)
-    return model
+    p = dataclasses.replace(recipe, model="fast", width=width, epochs=epochs, seed=seed)
+    run = build(p, data.train.images, data.train.labels, mean=data.mean, std=data.std, device=device)
+    fit(*run, epochs=epochs, device=device)
+    return run.model
 
 
 def part_c(data: Data, args: argparse.Namespace) -> None:

@@ -66,7 +66,7 @@ class PrepareParams:
 @dataclass(frozen=True)
 class TrainParams:
     """The training recipe. The keys after ``augment`` are the ``fast`` recipe's techniques
-    (see ``hpcpipe.ml.fast``); their defaults leave the plain recipe as it was."""
+    (see ``hpcpipe.ml.recipe``); their defaults leave the plain recipe as it was."""
 
     model: str = one_of(*MODELS)
     epochs: int = positive()

@@ -19,7 +19,7 @@ def test_the_schemas_models_are_the_models_the_example_builds():
         assert build_model(name, num_classes=10) is not None
 
 
-def test_the_schemas_schedules_are_the_schedules_training_knows():
-    from hpcpipe.ml.training import SCHEDULES
+def test_the_schemas_schedules_are_the_schedules_the_recipe_knows():
+    from hpcpipe.ml.recipe import SCHEDULES
 
     assert set(config.SCHEDULES) == set(SCHEDULES)

@@ -1,4 +1,5 @@
-"""Models, the learning-rate schedule, the optimiser and a short real training run."""
+"""Models, the plain recipe's schedule and optimiser, and a short real training run built by
+``recipe.build`` (the ``fast`` recipe's parts: test_ml_fast.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from hpcpipe.config import TrainParams
 from hpcpipe.ml.data import load_split, read_manifest
 from hpcpipe.ml.loader import BatchLoader
 from hpcpipe.ml.models import build_model
-from hpcpipe.ml.training import fit, lr_at, make_optimizer, predict, sgd_plan
+from hpcpipe.ml.recipe import Run, build, lr_at, make_optimizer
+from hpcpipe.ml.training import fit, predict
 
 CPU = torch.device("cpu")
 
@@ -55,26 +58,26 @@ def test_optimizer_uses_nesterov_and_decays_only_weights() -> None:
     assert make_optimizer(model, lr=0.1, momentum=0.0, weight_decay=0.0).defaults["nesterov"] is False
 
 
-def _loaders(prepared: Path) -> tuple[BatchLoader, BatchLoader, torch.Tensor]:
+# The plain recipe is ``TrainParams``' defaults (SGD + nesterov 0.9, decay 5e-4, cosine).
+TUTORIAL = TrainParams(model="tutorial", epochs=4, batch_size=32, lr=0.05, seed=0)
+
+
+def _run(prepared: Path) -> tuple[Run, BatchLoader, torch.Tensor]:
+    """``TUTORIAL``'s run on the prepared sample, and a loader of its test images."""
     manifest = read_manifest(prepared)
     train, test = load_split(prepared, "train"), load_split(prepared, "test")
     stats = {"mean": manifest["mean"], "std": manifest["std"]}
-    train_loader = BatchLoader(
-        train.images, train.labels, batch_size=32, shuffle=True, augment=True, drop_last=True, **stats
-    )
-    test_loader = BatchLoader(test.images, test.labels, batch_size=250, **stats)
-    return train_loader, test_loader, test.labels
+    run = build(TUTORIAL, train.images, train.labels, **stats)
+    return run, BatchLoader(test.images, test.labels, batch_size=250, **stats), test.labels
 
 
 @pytest.mark.slow  # real training: tens of seconds on 2 cores
 def test_tutorial_model_learns_above_chance_on_real_images(prepared_sample: Path) -> None:
     # 2,000 real CIFAR-10 images, 4 epochs: ~3 s on 2 CPU cores. Chance is 10%.
-    train_loader, test_loader, test_labels = _loaders(prepared_sample)
-    torch.manual_seed(0)
-    model = build_model("tutorial")
+    run, test_loader, test_labels = _run(prepared_sample)
+    model = run.model
     seen = []
-    plan = sgd_plan(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
-    history = fit(model, train_loader, plan, epochs=4, device=CPU, on_epoch=seen.append)
+    history = fit(*run, epochs=TUTORIAL.epochs, device=CPU, on_epoch=seen.append)
     assert seen == history and [s.epoch for s in history] == [1, 2, 3, 4]
     assert history[-1].loss < history[0].loss
     assert history[-1].lr < 1e-3
@@ -86,6 +89,6 @@ def test_tutorial_model_learns_above_chance_on_real_images(prepared_sample: Path
 
 
 def test_predict_refuses_a_shuffling_loader(prepared_sample: Path) -> None:
-    train_loader, _, _ = _loaders(prepared_sample)
+    run, _, _ = _run(prepared_sample)
     with pytest.raises(ValueError, match="without shuffle"):
-        predict(build_model("tutorial"), train_loader, CPU)
+        predict(run.model, run.loader, CPU)

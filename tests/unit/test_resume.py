@@ -15,40 +15,44 @@ from pathlib import Path
 import pytest
 import torch
 
+from hpcpipe.config import TrainParams
 from hpcpipe.launch import job
 from hpcpipe.launch.spec import StageSpec
+from hpcpipe.ml.checkpoint import resume, save_checkpoint
 from hpcpipe.ml.data import load_split, read_manifest
-from hpcpipe.ml.fast import whiten_init
-from hpcpipe.ml.loader import BatchLoader, normalize
-from hpcpipe.ml.models import build_model
-from hpcpipe.ml.training import SCHEDULES, Lookahead, Plan, fit, make_optimizer, resume, save_checkpoint
+from hpcpipe.ml.recipe import Run, build
+from hpcpipe.ml.training import fit
 from tests.support import REPO
 from tests.support.launch_project import FAKE_PATHS as PATHS
 from tests.support.launch_project import example_stage_work, fake_params
 
 CPU = torch.device("cpu")
 EPOCHS = 3
+# The ``fast`` recipe with every stateful technique on, shrunk: 600 images, width 1/4.
+RECIPE = TrainParams(
+    model="fast", width=0.25, epochs=EPOCHS, batch_size=100, lr=0.5, momentum=0.85, weight_decay=5e-4,
+    schedule="triangle", bias_lr_scale=16, label_smoothing=0.2, lookahead=True, translate=2,
+    alternating_flip=True, seed=0,
+)  # fmt: skip
 
 
 class Killed(Exception):
     """Stands in for the job being killed right after an epoch's checkpoint was written."""
 
 
-def _setup(prepared: Path, seed: int) -> tuple[torch.nn.Module, BatchLoader, Plan]:
-    """The ``fast`` recipe with every stateful technique on, shrunk: 600 images, width 1/4."""
+def _setup(prepared: Path, perturb: int = 0) -> Run:
+    """``RECIPE``'s run, as the train stage builds it; ``perturb``: a seed to scramble its
+    initial weights and the global RNG with, as a new process with other state would have
+    (another ``train.seed`` would also draw other batches: a run of other params)."""
     manifest = read_manifest(prepared)
     train = load_split(prepared, "train")
-    images, labels = train.images[:600], train.labels[:600]
-    loader = BatchLoader(
-        images, labels, batch_size=100, mean=manifest["mean"], std=manifest["std"],
-        shuffle=True, augment=True, drop_last=True, seed=0, pad=2, alternating_flip=True,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    model = build_model("fast", width=0.25)
-    whiten_init(model, normalize(images, manifest["mean"], manifest["std"]))
-    optimizer = make_optimizer(model, lr=0.5, momentum=0.85, weight_decay=5e-4, bias_lr_scale=16)
-    plan = Plan(optimizer, SCHEDULES["triangle"], label_smoothing=0.2, lookahead=Lookahead(model))
-    return model, loader, plan
+    run = build(RECIPE, train.images[:600], train.labels[:600], mean=manifest["mean"], std=manifest["std"])
+    if perturb:
+        torch.manual_seed(perturb)
+        with torch.no_grad():
+            for value in run.model.parameters():
+                value.add_(torch.randn_like(value))
+    return run
 
 
 def _metrics(history: list) -> list[tuple[int, float, float, float]]:
@@ -57,7 +61,7 @@ def _metrics(history: list) -> list[tuple[int, float, float, float]]:
 
 @pytest.mark.slow  # real training: tens of seconds on 2 cores
 def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(prepared_sample: Path, tmp_path: Path):
-    model, loader, plan = _setup(prepared_sample, seed=0)
+    model, loader, plan = _setup(prepared_sample)
     whole = fit(model, loader, plan, epochs=EPOCHS, device=CPU, checkpoint=tmp_path / "whole.pt")
     expected = model.state_dict()
 
@@ -67,12 +71,11 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(prepared_sampl
         if stats.epoch == 1:
             raise Killed
 
-    first, loader1, plan1 = _setup(prepared_sample, seed=0)
+    first, loader1, plan1 = _setup(prepared_sample)
     with pytest.raises(Killed):
         fit(first, loader1, plan1, epochs=EPOCHS, device=CPU, on_epoch=kill_after_first, checkpoint=ckpt)
     # A new process: other initial weights and RNG state; everything must come from the file.
-    torch.manual_seed(1234)
-    second, loader2, plan2 = _setup(prepared_sample, seed=99)
+    second, loader2, plan2 = _setup(prepared_sample, perturb=99)
     seen = []
     resumed = fit(second, loader2, plan2, epochs=EPOCHS, device=CPU, on_epoch=seen.append, checkpoint=ckpt)
 
@@ -87,7 +90,7 @@ def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(prepared_sampl
 
 def _saved(prepared_sample: Path, path: Path, epochs: int = 1) -> bytes:
     """A real checkpoint's bytes (of an untrained model: what is in it does not matter here)."""
-    model, loader, plan = _setup(prepared_sample, seed=0)
+    model, loader, plan = _setup(prepared_sample)
     save_checkpoint(path, model, plan, [], epochs=epochs, steps_per_epoch=len(loader))
     return path.read_bytes()
 
@@ -98,7 +101,7 @@ def test_a_truncated_checkpoint_is_set_aside_and_training_starts_over(
     """The node died while the checkpoint was written (a file system that tore it): the
     rerun says so in one line, keeps the bad file aside, and trains from scratch, to
     exactly the result of a run that never had a checkpoint."""
-    model, loader, plan = _setup(prepared_sample, seed=0)
+    model, loader, plan = _setup(prepared_sample)
     fit(model, loader, plan, epochs=1, device=CPU)
     expected = model.state_dict()
 
@@ -109,7 +112,7 @@ def test_a_truncated_checkpoint_is_set_aside_and_training_starts_over(
     stale.write_bytes(whole[:100])
     capsys.readouterr()
 
-    again, loader2, plan2 = _setup(prepared_sample, seed=0)
+    again, loader2, plan2 = _setup(prepared_sample)
     seen = []
     fit(again, loader2, plan2, epochs=1, device=CPU, on_epoch=seen.append, checkpoint=ckpt)
     assert [s.epoch for s in seen] == [1]
@@ -136,7 +139,7 @@ def test_an_unusable_checkpoint_never_fails_the_run(prepared_sample: Path, tmp_p
     ckpt = tmp_path / "c.pt"
     content = UNUSABLE[damage](_saved(prepared_sample, ckpt))
     ckpt.write_bytes(content)
-    model, loader, plan = _setup(prepared_sample, seed=1)
+    model, loader, plan = _setup(prepared_sample, perturb=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert resume(ckpt, model, plan, epochs=2, steps_per_epoch=len(loader)) == []
     (line,) = capsys.readouterr().err.splitlines()
@@ -153,7 +156,7 @@ def test_a_checkpoint_is_on_disk_before_it_replaces_the_last_one(
     """Written to a temp file, fsynced, renamed; a save that fails midway leaves the last one."""
     from hpcpipe import files
 
-    model, loader, plan = _setup(prepared_sample, seed=0)
+    model, loader, plan = _setup(prepared_sample)
     ckpt = tmp_path / "c.pt"
     ckpt.write_bytes(b"the last checkpoint")
     events: list[str] = []

@@ -5,7 +5,9 @@
 - ``loader``: a batch loader that keeps the whole data set as one tensor on the
   device and augments on the device (no PIL, no worker processes).
 - ``models``: the PyTorch tutorial CNN and a CIFAR-sized ResNet-18.
-- ``training``: the recipe (SGD + nesterov, warmup + cosine per step) and ``predict``.
+- ``recipe``: the training recipe top to bottom (the ``fast`` network, optimiser groups,
+  schedules, Lookahead, the loop's recipe steps) and ``build``, which makes a run of the params.
+- ``training``: the loop, generic over recipes (devices, several tasks, resume), and ``predict``.
 - ``checkpoint``: the training state on disk (saved whole, resumed, or set aside).
 - ``distributed``: one stage on several tasks (torchrun's environment, DDP's collectives).
 - ``stopping``: Slurm's warning signal as a flag the training loop reads.

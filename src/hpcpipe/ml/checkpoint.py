@@ -23,33 +23,8 @@ from hpcpipe.files import TEMP_MARK, write_atomically
 from hpcpipe.ml.distributed import Ranks, barrier
 
 if TYPE_CHECKING:
-    from hpcpipe.ml.training import EpochStats, Plan
-
-
-def _training_state(
-    model: nn.Module,
-    plan: Plan,
-    history: list[EpochStats],
-    *,
-    epochs: int,
-    steps_per_epoch: int,
-    partial: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    state = {
-        "epochs": epochs,
-        "steps_per_epoch": steps_per_epoch,
-        "history": [dataclasses.asdict(s) for s in history],  # the loader's position: len(history) epochs
-        "model": model.state_dict(),
-        "optimizer": plan.optimizer.state_dict(),  # momentum buffers, and each group's lr and base_lr
-        "lookahead": plan.lookahead.state_dict() if plan.lookahead is not None else None,
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
-    }
-    if partial is not None:  # stopped mid-epoch: batches done in the next epoch, each rank's sums
-        state["partial"] = partial
-    return state
+    from hpcpipe.ml.recipe import Plan
+    from hpcpipe.ml.training import EpochStats
 
 
 def save_checkpoint(
@@ -65,9 +40,20 @@ def save_checkpoint(
     """Write the training state to ``path`` whole, and on disk before it replaces the
     previous one (``files.write_atomically``: temp file, fsync, rename): a kill or the
     loss of the node mid-write leaves the previous checkpoint."""
-    state = _training_state(
-        model, plan, history, epochs=epochs, steps_per_epoch=steps_per_epoch, partial=partial
-    )
+    state = {
+        "epochs": epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "history": [dataclasses.asdict(s) for s in history],  # the loader's position: len(history) epochs
+        "model": model.state_dict(),
+        "optimizer": plan.optimizer.state_dict(),  # momentum buffers, and each group's lr and base_lr
+        "lookahead": plan.lookahead.state_dict() if plan.lookahead is not None else None,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+    }
+    if partial is not None:  # stopped mid-epoch: batches done in the next epoch, each rank's sums
+        state["partial"] = partial
     write_atomically(path, lambda f: torch.save(state, f))
 
 

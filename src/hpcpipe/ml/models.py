@@ -8,7 +8,7 @@
   (7x7 stride 2 + pool) would shrink a 32x32 image to 8x8 before the first block.
   A GPU model: this shape is the one that reaches ~93-95% on full CIFAR-10 in
   published recipes (not measured in this repo yet).
-- ``fast``: the CIFAR-10 speed-run network of ``hpcpipe.ml.fast`` (airbench94's
+- ``fast``: the CIFAR-10 speed-run network of ``hpcpipe.ml.recipe`` (airbench94's
   shape at ``width`` 1: 2M parameters), trained by the recipe described there.
 """
 
@@ -56,10 +56,11 @@ def build_model(name: str, num_classes: int = 10, width: float = 1.0) -> nn.Modu
     """A freshly initialised model (on the CPU, from the global torch RNG).
 
     ``width`` scales the channels of ``fast`` (the others have one shape). ``fast``'s
-    first layer still needs ``fast.whiten_init`` with the training images.
+    first layer still needs ``recipe.whiten_init`` with the training images (``recipe.build``
+    does both).
     """
     if name == "fast":
-        from hpcpipe.ml.fast import WIDTHS, FastNet
+        from hpcpipe.ml.recipe import WIDTHS, FastNet  # the recipe's own network, defined there
 
         widths = tuple(max(1, round(w * width)) for w in WIDTHS)
         return FastNet(num_classes, widths=widths)  # type: ignore[arg-type]

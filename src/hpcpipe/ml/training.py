@@ -1,11 +1,10 @@
-"""The training loop, readable top to bottom, its checkpoints, and ``predict`` for evaluation.
+"""The training loop, generic over recipes, its checkpoints, and ``predict`` for evaluation.
 
-Recipe: SGD with nesterov momentum; weight decay on weights only (not on biases or
-BatchNorm parameters, which it would only pull toward zero for no regularising
-gain, as nanoGPT does); a learning rate set every step: linear warmup over the
-first 10% of steps, then cosine decay to zero; plain cross-entropy. The ``fast``
-recipe (``hpcpipe.ml.fast``) swaps in a triangular schedule, faster-learning
-biases, label smoothing and ``Lookahead``: the ``Plan`` says which.
+``fit`` trains a ``recipe.Run`` (``hpcpipe.ml.recipe.build`` makes one from the params):
+each step it asks the run's ``Plan`` for the learning rate and the loss and calls its
+``after_step``, and ``finish`` at the end; what those do (schedules, label smoothing,
+Lookahead) is the recipe's, read in ``hpcpipe.ml.recipe``. What is here is the same for
+every recipe: steps, epoch statistics, devices, several tasks, checkpoints and stops.
 
 Resume: with a checkpoint path, ``fit`` saves everything the rest of the run
 depends on after every epoch (weights, optimiser, lookahead average, RNG states,
@@ -30,33 +29,30 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hpcpipe.ml.checkpoint import load_state, resume, save_checkpoint
+from hpcpipe.ml.checkpoint import load_state, save_checkpoint
 from hpcpipe.ml.distributed import (
     Ranks,
     agree,
     broadcast_buffers,
     gather_rows,
-    pick_device,
     shard_bounds,
     sum_across,
 )
 from hpcpipe.ml.loader import BatchLoader
 
-# each has one home (ml.distributed, ml.checkpoint); importable from here as before
-__all__ = ["pick_device", "resume", "save_checkpoint"]
+if TYPE_CHECKING:
+    from hpcpipe.ml.recipe import Plan
 
-WARMUP_FRACTION = 0.1
 STOP_CHECK_STEPS = 10  # several tasks: how often they agree on a stop (each time a device sync)
 
 
@@ -89,106 +85,6 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
-def lr_at(step: int, total_steps: int, peak: float, warmup_fraction: float = WARMUP_FRACTION) -> float:
-    """Learning rate for 0-based ``step``: linear warmup to ``peak``, then cosine to 0.
-
-    Warmup keeps the first steps of a freshly initialised net (and of large batches)
-    from diverging; the cosine tail anneals, where most of the final accuracy comes from.
-    """
-    warmup = max(1, round(warmup_fraction * total_steps))
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    # Reaches zero one step after the last, so no step is spent at lr 0.
-    progress = (step - warmup + 1) / (total_steps - warmup + 1)
-    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def triangle(step: int, total_steps: int, peak: float, start: float = 0.2, peak_at: float = 0.23) -> float:
-    """The speed-run schedule: linear from ``start`` x peak up to ``peak`` at ``peak_at`` of the
-    steps, then linearly down to 0 (reached one step after the last)."""
-    top = max(1, round(peak_at * total_steps))
-    if step <= top:
-        return peak * (start + (1 - start) * min(1.0, step / top))
-    return peak * max(0.0, 1 - (step - top) / (total_steps - top))
-
-
-SCHEDULES: dict[str, Callable[[int, int, float], float]] = {"cosine": lr_at, "triangle": triangle}
-
-
-def make_optimizer(
-    model: nn.Module, *, lr: float, momentum: float, weight_decay: float, bias_lr_scale: float = 1.0
-) -> torch.optim.SGD:
-    """SGD, nesterov when there is momentum; weight decay only on >=2-D tensors (weights).
-
-    Biases and BatchNorm shifts learn ``bias_lr_scale`` times faster: with BatchNorm
-    after a conv, the weights' effective step is scaled by their norm, the biases'
-    is not, so at one learning rate the biases learn far too slowly. Each group
-    keeps its peak learning rate as ``base_lr``; the schedule scales that every step.
-    Frozen parameters (requires_grad False) are left out.
-    """
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in trainable if p.ndim >= 2]
-    no_decay = [p for p in trainable if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": weight_decay, "base_lr": lr},
-        {"params": no_decay, "weight_decay": 0.0, "base_lr": lr * bias_lr_scale},
-    ]
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
-
-
-class Lookahead:
-    """Lookahead toward an exponential average of the weights (the speed-run variant).
-
-    Every ``every`` steps the average takes a step toward the current weights and the
-    weights are reset to the average; its decay rises as (progress)^3 to ``peak_decay``,
-    so early training is left alone and the last epochs are averaged. ``finish`` sets
-    the weights to the average. BatchNorm running statistics are averaged too.
-    """
-
-    def __init__(self, model: nn.Module, every: int = 5, peak_decay: float = 0.95**5) -> None:
-        self.every, self.peak_decay = every, peak_decay
-        self.average = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
-
-    @torch.no_grad()
-    def step(self, model: nn.Module, step: int, total_steps: int) -> None:
-        """Call after optimiser step number ``step`` (1-based)."""
-        if step % self.every:
-            return
-        decay = self.peak_decay * (step / total_steps) ** 3
-        for name, value in model.state_dict().items():
-            if name in self.average:
-                self.average[name].lerp_(value, 1 - decay)
-                value.copy_(self.average[name])
-
-    @torch.no_grad()
-    def finish(self, model: nn.Module) -> None:
-        for name, value in model.state_dict().items():
-            if name in self.average:
-                value.copy_(self.average[name])
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return dict(self.average)
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        for name, value in state.items():
-            self.average[name].copy_(value)
-
-
-@dataclass
-class Plan:
-    """How to train: the optimiser, its schedule and the extras of a recipe."""
-
-    optimizer: torch.optim.Optimizer
-    schedule: Callable[[int, int, float], float] = lr_at  # (step, total steps, base lr) -> lr
-    label_smoothing: float = 0.0
-    lookahead: Lookahead | None = None
-
-
-def sgd_plan(model: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> Plan:
-    """The plain recipe of the module docstring (the ``tutorial``/``resnet18`` defaults)."""
-    return Plan(make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay))
-
-
 def fit(
     model: nn.Module,
     loader: BatchLoader,
@@ -201,7 +97,8 @@ def fit(
     ranks: Ranks | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> list[EpochStats]:
-    """Train ``model`` (already on ``device``) for ``epochs`` passes of ``loader``; return the history.
+    """Train ``model`` (already on ``device``) for ``epochs`` passes of ``loader`` by ``plan``
+    (the three ``recipe.build`` returns, in this order); return the history.
 
     With ``checkpoint``, the whole training state is written there after every epoch,
     and a run that finds one resumes after its last epoch (see ``resume``): on a CPU
@@ -240,19 +137,16 @@ def fit(
         current_lr = 0.0
         stopping = False
         for images, labels in loader.epoch(epoch, start=done):
-            for group in optimizer.param_groups:
-                group["lr"] = plan.schedule(step, total_steps, group["base_lr"])
-            current_lr = optimizer.param_groups[0]["lr"]
+            current_lr = plan.set_lr(step, total_steps)
             with autocast(device):
                 logits = trainer(images.contiguous(memory_format=fmt))
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=plan.label_smoothing)
+                loss = plan.loss(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             done += 1
-            if plan.lookahead is not None:
-                plan.lookahead.step(model, step, total_steps)
+            plan.after_step(model, step, total_steps)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
@@ -288,8 +182,7 @@ def fit(
             on_epoch(stats)
         if stopping and epoch + 1 < epochs:
             raise Stopped(f"stopped at the warning signal after epoch {epoch + 1}")
-    if plan.lookahead is not None:
-        plan.lookahead.finish(model)
+    plan.finish(model)
     broadcast_buffers(ranks, model)  # BatchNorm statistics: rank 0's on every rank
     return history
 

@@ -6,7 +6,7 @@ The training images are moved to the device once and batched there (see
 ``hpcpipe.ml.loader``); on a GPU the model runs channels_last under bf16 autocast.
 Prints one line per epoch (and logs it to the stage's W&B run when there is one).
 ``tutorial`` on the 10k-image sample, 2 CPU cores, batch 128: about 7,000 images/s, ~1.4 s an epoch;
-40 epochs reach ~64% test accuracy. ``fast``: see ``hpcpipe.ml.fast``.
+40 epochs reach ~64% test accuracy. ``fast``: see ``hpcpipe.ml.recipe``, which builds the run.
 
 With ``checkpoint`` (the job side passes one, keyed by the stage's fingerprint), the
 training state is saved after every epoch and a requeued job resumes from it; at
@@ -76,54 +76,16 @@ def _train(
     import torch
 
     from hpcpipe.ml.data import load_split, read_manifest, torch_save, write_json
-    from hpcpipe.ml.loader import BatchLoader
-    from hpcpipe.ml.models import build_model
-    from hpcpipe.ml.training import SCHEDULES, Lookahead, Plan, fit, make_optimizer, memory_format
+    from hpcpipe.ml.recipe import build
+    from hpcpipe.ml.training import fit
 
-    device = ranks.device
-    torch.manual_seed(p.seed)  # the model's initial weights; the loader has its own seeded stream
-    if device.type == "cuda":
+    if ranks.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels once
     manifest = read_manifest(prepared)
     classes = manifest["classes"]
     data = load_split(prepared, "train")
-    images, labels = data.images.to(device), data.labels.to(device)  # once: batches are cut on the device
-    loader = BatchLoader(
-        images,
-        labels,
-        # a tiny subset still makes one full batch (split evenly over the tasks)
-        batch_size=min(p.batch_size, len(labels) // ranks.world_size * ranks.world_size),
-        mean=manifest["mean"],
-        std=manifest["std"],
-        shuffle=True,
-        augment=p.augment,
-        drop_last=True,
-        seed=p.seed,
-        pad=p.translate,
-        alternating_flip=p.alternating_flip,
-        rank=ranks.rank,
-        world_size=ranks.world_size,
-    )
-    net = build_model(p.model, num_classes=len(classes), width=p.width)
-    if p.model == "fast":
-        from hpcpipe.ml.fast import WHITEN_IMAGES, whiten_init
-        from hpcpipe.ml.loader import normalize
-
-        whiten_init(net, normalize(data.images[:WHITEN_IMAGES], manifest["mean"], manifest["std"]))
-    if ranks.distributed and device.type == "cuda":
-        # BatchNorm over the global batch, so N GPUs train as one does (torch has no CPU version:
-        # on CPUs each rank normalises by its own share; see the README)
-        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    net.to(device, memory_format=memory_format(device))
-    optimizer = make_optimizer(
-        net, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay, bias_lr_scale=p.bias_lr_scale
-    )
-    plan = Plan(
-        optimizer,
-        schedule=SCHEDULES[p.schedule],
-        label_smoothing=p.label_smoothing,
-        lookahead=Lookahead(net) if p.lookahead else None,
-    )
+    run = build(p, data.images, data.labels, mean=manifest["mean"], std=manifest["std"],
+                num_classes=len(classes), ranks=ranks)  # fmt: skip
 
     def report(s: EpochStats) -> None:
         if not ranks.primary:
@@ -139,7 +101,7 @@ def _train(
 
     # with a checkpoint, fit resumes from it (and says so) or sets an unusable one aside
     stats = fit(
-        net, loader, plan, epochs=p.epochs, device=device, on_epoch=report, checkpoint=checkpoint,
+        *run, epochs=p.epochs, device=ranks.device, on_epoch=report, checkpoint=checkpoint,
         ranks=ranks, stop=warning.requested,
     )  # fmt: skip
     seconds = sum(s.seconds for s in stats)
@@ -153,7 +115,7 @@ def _train(
     if not ranks.primary:
         return result  # the job side publishes rank 0's outputs and result only
 
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
     torch_save(
         {
             "model": p.model,
