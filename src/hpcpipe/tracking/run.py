@@ -45,13 +45,13 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcpipe.console import say
 from hpcpipe.tracking.context import RunContext, job_id, job_key, node_name, run_id
 from hpcpipe.tracking.slurm_queue import job_name
 
@@ -139,7 +139,7 @@ def _journal(folder: Path, step: int, row: Mapping[str, Any]) -> None:
 
 
 def warn(message: str) -> None:
-    print(f"hpcpipe: W&B off for this stage: {message}", file=sys.stderr, flush=True)
+    say(f"W&B off for this stage: {message}")
 
 
 def git_commit(workdir: Path) -> str | None:
@@ -222,7 +222,7 @@ def _open(params: Any, context: RunContext, sections: Sequence[str], workdir: Pa
         (folder / LIVE_MARKER).unlink(missing_ok=True)
         raise
     where = f"offline in {segment.relative_to(workdir)}; upload with: hpcpipe sync" if offline else "online"
-    print(f"hpcpipe: W&B run {rid} ({where})", file=sys.stderr, flush=True)
+    say(f"W&B run {rid} ({where})")
     return ActiveRun(
         handle=handle, folder=folder, next_step=0, segment=segment if offline else None, replay=replay
     )
