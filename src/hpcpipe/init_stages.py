@@ -22,11 +22,9 @@ What is not wrapped, and why (one line each; an error only for a stage named in 
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from typing import Any, TextIO
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from hpcpipe.files import keep_mode, write_atomically
 from hpcpipe.validation import ConfigError
 
 DVC_YAML = "dvc.yaml"
@@ -139,7 +138,9 @@ def init(root: Path, stages: list[str] | None, undo: bool, out: TextIO = sys.std
     for line in report:
         print(line, file=out)
     if new_text != text:
-        _write_atomically(path.resolve(), new_text.encode("utf-8"))
+        target = path.resolve()  # a dvc.yaml that is a link: its target is rewritten, the link kept
+        data = new_text.encode("utf-8")
+        write_atomically(target, lambda f: f.write(data), mode=keep_mode(target))
         if (root / "dvc.lock").exists():
             # dvc.lock records each stage's cmd, so a new cmd alone makes DVC rerun the stage.
             print(
@@ -330,18 +331,3 @@ def _reads_back(new: str, before: dict[str, _Cmd | str], expected: dict[str, str
         if got != want:
             return False
     return True
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` whole or not at all, keeping its permission bits."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

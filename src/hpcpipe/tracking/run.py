@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcpipe.console import say
+from hpcpipe.files import write_json_atomically
 from hpcpipe.tracking.context import RunContext, job_id, job_key, node_name, run_id
 from hpcpipe.tracking.slurm_queue import job_name
 
@@ -105,11 +106,8 @@ def mark_live(folder: Path) -> Path:
         "slurm_job": job_name(os.environ),
         "started": time.time(),
     }
-    text = json.dumps(live)
-    for name in (JOB_RECORD, LIVE_MARKER):
-        tmp = folder / f".{name}.{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, folder / name)
+    for name in (JOB_RECORD, LIVE_MARKER):  # fsynced: a node that dies cannot lose who wrote the run
+        write_json_atomically(folder / name, live)
     return folder / LIVE_MARKER
 
 
