@@ -76,6 +76,16 @@ def write_json_atomically(target: Path, obj: Any) -> None:
     write_atomically(target, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
 
 
+def read_json_memo(path: Path) -> dict[str, Any]:
+    """The JSON object at ``path``; {} when it is absent, unreadable, torn or not an object.
+    For memos only: one that cannot be read remembers nothing, and the answer is asked again."""
+    try:
+        memo = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
 def _add_tree(digest: hashlib._Hash, root: str, rel: str) -> None:
     """Add (path, inode, mtime, size, mode) of ``rel`` and, for a folder, of every entry below it.
 

@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import pytest
 
-from hpcpipe.files import TEMP_MARK, keep_mode, write_atomically, write_json_atomically
+from hpcpipe.files import TEMP_MARK, keep_mode, read_json_memo, write_atomically, write_json_atomically
 
 
 def test_mode_keeps_the_permission_bits_the_file_had(tmp_path: Path) -> None:
@@ -42,3 +42,13 @@ def test_a_writer_that_fails_leaves_the_old_file_and_no_temp_file(tmp_path: Path
         write_atomically(target, half_then_fail)
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir() if TEMP_MARK in p.name] == []
+
+
+def test_a_memo_absent_torn_or_not_an_object_remembers_nothing(tmp_path: Path) -> None:
+    memo = tmp_path / "memo.json"
+    assert read_json_memo(memo) == {}  # absent
+    for text in ('{"a": [1, ', "[1, 2]", ""):  # torn, not an object, empty
+        memo.write_text(text)
+        assert read_json_memo(memo) == {}
+    write_json_atomically(memo, {"a": [1, 2]})
+    assert read_json_memo(memo) == {"a": [1, 2]}
