@@ -40,8 +40,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(1, str(REPO))  # the tests' example project: one home (tests/support/project.py)
+from tests.support.project import make_project as build_project  # noqa: E402
+
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "src", ".dvcignore")
 PROBE = """
 import sys, time
 from pathlib import Path
@@ -62,13 +64,9 @@ def sh(root: Path, *args: str) -> str:
 
 
 def make_project(root: Path, raw: Path) -> None:
-    for name in PROJECT_FILES:
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
-    (root / "data").mkdir()
-    shutil.copytree(raw, root / "data" / "raw", copy_function=os.link)
-    sh(root, "git", "init", "-q")
-    sh(root, "dvc", "init", "-q")
+    """The tests' example project over ``raw`` with the repository's params (prepare's own
+    seed, which ``edit_seed`` edits), ``dvc add``-ed here, after the state cache is moved."""
+    build_project(root, raw, params=None)
     # DVC's state (the hash cache) in a folder of this project, so "cold" can delete it
     sh(root, "dvc", "config", "--local", "core.site_cache_dir", str(root / ".dvc-site"))
     sh(root, "dvc", "add", "-q", "data/raw")

@@ -40,19 +40,20 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 from launch_overhead import REPO, start_cluster
 
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", ".gitignore", ".dvcignore")
-SAMPLE = REPO / "tests" / "data" / "cifar10-sample.tar.xz"
+sys.path.insert(1, str(REPO))  # the tests' example project: one home (tests/support/project.py)
+from tests.support.project import PROJECT_FILES
+from tests.support.project import make_project as build_project
+from tests.support.sample import extract
+
 LRS = ("0.1", "0.05", "0.02", "0.01", "0.005", "0.002", "0.001", "0.0005")
 BATCHES = ("16", "32", "48", "64")
 BASELINE_REV = "b62f1d7"  # main before issue 17: a git worktree and a `dvc exp save` per point
@@ -76,27 +77,14 @@ def sh(*command: str, cwd: Path, env: dict[str, str] | None = None) -> str:
 
 
 def make_project(root: Path, raw: Path, env: dict[str, str], whole: bool = False) -> None:
-    """The example project, shrunk; prepare reproduced and everything committed. ``whole``:
-    every file the repository commits (tests/ data and all), as a user's clone has them."""
-    import yaml
-
+    """The tests' example project (tests/support/project.make_project: shrunk params, 300
+    training images, 1 epoch), ``dvc add``-ed, prepare reproduced and everything committed.
+    ``whole``: every file the repository commits (tests/ data and all), as a user's clone has them."""
     if whole:
         archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
-    for name in () if whole else PROJECT_FILES:
-        src, dst = REPO / name, root / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(src, dst)
-    shutil.copytree(raw, root / "data" / "raw", copy_function=os.link)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["prepare"].update(train_size=300, test_size=100)
-    params["train"].update(epochs=1, batch_size=32)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh("git", "init", "-q", "-b", "main", cwd=root)
-    sh("dvc", "add", "-q", "data/raw", cwd=root, env=env)
+    build_project(root, raw, files=() if whole else PROJECT_FILES)
+    sh("dvc", "add", "-q", "data/raw", cwd=root, env=env)  # the whole sample: its hashing is part of the cost
     sh("dvc", "repro", "prepare", cwd=root, env={**env, "HPCPIPE_CLUSTER": "inline"})
     sh("git", "add", "-A", cwd=root)
     sh("git", "commit", "-q", "-m", "project", cwd=root, env=env)
@@ -188,12 +176,11 @@ def main() -> None:
         return
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            with tarfile.open(SAMPLE) as archive:
-                archive.extractall(tmp, filter="data")
+            raw = extract(Path(tmp))  # all 12,000 images of the committed sample
             ours_root, theirs_root = Path(tmp) / "hpcpipe", Path(tmp) / "dvcqueue"
             for root in (ours_root, theirs_root):
                 root.mkdir()
-                make_project(root, Path(tmp) / "raw", env)
+                make_project(root, raw, env)
             submits = submit_times(ours_root, args.points, env, args.repeat)
             ours = run_hpcpipe(ours_root, args.points, env)
             ours["submit_first"] = submits[0]  # DVC hashes prepare's inputs: nothing remembered yet

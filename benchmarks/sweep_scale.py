@@ -13,12 +13,11 @@ import platform
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-from sweep import REPO, SAMPLE, make_project, sh
+from sweep import REPO, extract, make_project, sh
 
 IMPORT = """
 import json, sys, time
@@ -97,8 +96,7 @@ def exp_show_seconds(root: Path, saved: int) -> float:
 def scale(counts: list[int], baseline_rev: str, old_import: int, env: dict[str, str]) -> None:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(SAMPLE) as archive:
-            archive.extractall(tmp, filter="data")
+        raw = extract(Path(tmp))  # all 12,000 images of the committed sample
         old_src = Path(tmp) / "old-source"
         old_src.mkdir()
         command = ["git", "archive", baseline_rev, "src"]
@@ -108,7 +106,7 @@ def scale(counts: list[int], baseline_rev: str, old_import: int, env: dict[str, 
             root = Path(tmp) / design
             root.mkdir()
             design_env = {**env, "PYTHONPATH": str(src)}
-            make_project(root, Path(tmp) / "raw", design_env, whole=True)
+            make_project(root, raw, design_env, whole=True)
             rows = {count: submit(root, count, design_env) for count in counts}
             largest = f"n{max(counts)}"
             wanted = max(counts) if design == "new" else old_import

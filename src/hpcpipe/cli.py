@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from hpcpipe.config import load_params, load_profile, resolve_profile_name
+from hpcpipe.console import render_table, say
 from hpcpipe.validation import ConfigError, UsageError
 
 EXIT_USAGE = 2
@@ -247,7 +248,7 @@ def cmd_repro(args: argparse.Namespace, dvc_args: list[str]) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hpcpipe.launch.control import format_table, status_rows, usage_lines
+    from hpcpipe.launch.control import COLUMNS, status_rows, usage_lines
     from hpcpipe.launch.launcher import ledger_for
 
     root = Path.cwd()
@@ -261,7 +262,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print("no jobs recorded yet (hpcpipe run or dvc repro submits them)")
         return 0
-    print(format_table(rows))
+    print(render_table(COLUMNS, rows))
     for line in usage_lines(list(ledger.entries()), profile):
         print(line)
     return 0
@@ -309,7 +310,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     try:
         data = load_source(params.data.source, params.data.path)
     except DataSourceError as err:
-        print(f"hpcpipe: {err}", file=sys.stderr)
+        say(str(err))
         return 1
     print(
         f"{params.data.path}: {len(data.train)} train and {len(data.test)} test images, "
@@ -352,7 +353,7 @@ def _guarded(command: Callable[[], int]) -> int:
     try:
         return command()
     except (ConfigError, UsageError) as err:
-        print(f"hpcpipe: {err}", file=sys.stderr)
+        say(str(err))
         return EXIT_USAGE
 
 

@@ -44,16 +44,20 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(target: Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomically(target: Path, write: Callable[[BinaryIO], None], mode: int | None = None) -> None:
     """``target`` as ``write(file)`` leaves it, whole or not at all, and on disk before it
-    is visible (see the module docstring). A temp file of a writer that was killed stays
-    behind as ``temp_sibling(target, PID)``; its owner clears those it knows are dead."""
+    is visible (see the module docstring). ``mode``: its permission bits (a user's file
+    keeps its own: pass ``keep_mode(target)``); None, a new file's (the umask's). A temp
+    file of a writer that was killed stays behind as ``temp_sibling(target, PID)``; its
+    owner clears those it knows are dead."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(target, os.getpid())
     try:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
@@ -62,9 +66,24 @@ def write_atomically(target: Path, write: Callable[[BinaryIO], None]) -> None:
     fsync_dir(target.parent)
 
 
+def keep_mode(target: Path) -> int:
+    """``target``'s permission bits, for ``write_atomically(..., mode=)`` to give the new file."""
+    return stat.S_IMODE(target.stat().st_mode)
+
+
 def write_json_atomically(target: Path, obj: Any) -> None:
     """``obj`` as JSON at ``target``, whole or not at all (``write_atomically``)."""
     write_atomically(target, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
+
+
+def read_json_memo(path: Path) -> dict[str, Any]:
+    """The JSON object at ``path``; {} when it is absent, unreadable, torn or not an object.
+    For memos only: one that cannot be read remembers nothing, and the answer is asked again."""
+    try:
+        memo = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
 
 
 def _add_tree(digest: hashlib._Hash, root: str, rel: str) -> None:

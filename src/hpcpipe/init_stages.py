@@ -22,13 +22,11 @@ What is not wrapped, and why (one line each; an error only for a stage named in 
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import sys
-import tempfile
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -36,6 +34,7 @@ from typing import Any, TextIO
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from hpcpipe.files import keep_mode, write_atomically
 from hpcpipe.validation import ConfigError
 
 DVC_YAML = "dvc.yaml"
@@ -58,37 +57,18 @@ class _Cmd:
     style: str  # "plain", "'", '"' or "block": how the prefix must be escaped to mean itself
 
 
+# One stage's rewrite: its (offset, length removed, text inserted) edit and the cmd it gives;
+# or a reason the stage is left alone; or None when there is nothing to do.
+_Step = tuple[tuple[int, int, str], str] | str | None
+
+
 def wrap_text(text: str, stages: Collection[str] | None) -> tuple[str, list[str]]:
     """dvc.yaml ``text`` with each selected stage's cmd prefixed by ``hpcpipe run NAME -- ``.
 
     Returns the new text and one line per change or skipped stage. A cmd already starting with
     ``hpcpipe run `` is left alone, so wrapping twice is wrapping once.
     """
-    found = _locate(text)
-    selected = _select(found, stages)
-    edits: dict[str, tuple[int, int, str]] = {}
-    expected: dict[str, str] = {}
-    report: list[str] = []
-    for name in selected:
-        cmd = found[name]
-        if isinstance(cmd, str):
-            _skip(report, name, f"not wrapped: {cmd}", stages)
-            continue
-        if cmd.head.startswith(PREFIX):
-            continue
-        operator = _shell_operator(cmd.head)
-        if operator:
-            reason = (
-                f"not wrapped: {operator} outside quotes would run in the shell on this machine, around "
-                "the launcher and not inside the job; put the command in a script and make cmd run that"
-            )
-            _skip(report, name, reason, stages)
-            continue
-        prefix = f"{PREFIX}{_quote(name)} -- "
-        edits[name] = (cmd.start, 0, _escape(prefix, cmd.style))
-        expected[name] = prefix + cmd.head
-        report.append(f"{name}: {_show(cmd.head)} -> {_show(prefix + cmd.head)}")
-    return _apply(text, edits, expected, "wrap"), report
+    return _rewrite(text, stages, "wrap", _wrap_one)
 
 
 def unwrap_text(text: str, stages: Collection[str] | None) -> tuple[str, list[str]]:
@@ -97,28 +77,59 @@ def unwrap_text(text: str, stages: Collection[str] | None) -> tuple[str, list[st
     A function stage (``hpcpipe run NAME --fn ...`` and the like) has no original command under
     it, so it is reported and left alone. Returns the new text and one line per change.
     """
+    return _rewrite(text, stages, "unwrap", _unwrap_one)
+
+
+def _wrap_one(text: str, name: str, cmd: _Cmd | str) -> _Step:
+    if isinstance(cmd, str):
+        return f"not wrapped: {cmd}"
+    if cmd.head.startswith(PREFIX):
+        return None
+    operator = _shell_operator(cmd.head)
+    if operator:
+        return (
+            f"not wrapped: {operator} outside quotes would run in the shell on this machine, around "
+            "the launcher and not inside the job; put the command in a script and make cmd run that"
+        )
+    prefix = f"{PREFIX}{_quote(name)} -- "
+    return (cmd.start, 0, _escape(prefix, cmd.style)), prefix + cmd.head
+
+
+def _unwrap_one(text: str, name: str, cmd: _Cmd | str) -> _Step:
+    if isinstance(cmd, str) or not cmd.head.startswith(PREFIX):
+        return None  # never wrapped (or not wrappable): nothing to undo
+    match = _WRAPPED.match(cmd.head)
+    if not match:
+        return f"cannot undo: function stage ({_show(cmd.head)}), no original command"
+    written = _escape(match.group(0), cmd.style)
+    if text[cmd.start : cmd.start + len(written)] != written:
+        return "cannot undo: its hpcpipe prefix is split or escaped in dvc.yaml"
+    return (cmd.start, len(written), ""), cmd.head[match.end() :]
+
+
+def _rewrite(
+    text: str,
+    stages: Collection[str] | None,
+    verb: str,
+    step: Callable[[str, str, _Cmd | str], _Step],
+) -> tuple[str, list[str]]:
+    """Apply ``step`` to each selected stage's cmd; the new text and one line per change or skip."""
     found = _locate(text)
-    selected = _select(found, stages)
     edits: dict[str, tuple[int, int, str]] = {}
     expected: dict[str, str] = {}
     report: list[str] = []
-    for name in selected:
+    for name in _select(found, stages):
         cmd = found[name]
-        if isinstance(cmd, str) or not cmd.head.startswith(PREFIX):
-            continue  # never wrapped (or not wrappable): nothing to undo
-        match = _WRAPPED.match(cmd.head)
-        if not match:
-            reason = f"cannot undo: function stage ({_show(cmd.head)}), no original command"
-            _skip(report, name, reason, stages)
+        planned = step(text, name, cmd)
+        if planned is None:
             continue
-        written = _escape(match.group(0), cmd.style)
-        if text[cmd.start : cmd.start + len(written)] != written:
-            _skip(report, name, "cannot undo: its hpcpipe prefix is split or escaped in dvc.yaml", stages)
+        if isinstance(planned, str):
+            _skip(report, name, planned, stages)
             continue
-        edits[name] = (cmd.start, len(written), "")
-        expected[name] = cmd.head[match.end() :]
+        edits[name], expected[name] = planned
+        assert isinstance(cmd, _Cmd)  # a str cmd is never edited
         report.append(f"{name}: {_show(cmd.head)} -> {_show(expected[name])}")
-    return _apply(text, edits, expected, "unwrap"), report
+    return _apply(text, edits, expected, verb), report
 
 
 def init(root: Path, stages: list[str] | None, undo: bool, out: TextIO = sys.stdout) -> int:
@@ -139,7 +150,9 @@ def init(root: Path, stages: list[str] | None, undo: bool, out: TextIO = sys.std
     for line in report:
         print(line, file=out)
     if new_text != text:
-        _write_atomically(path.resolve(), new_text.encode("utf-8"))
+        target = path.resolve()  # a dvc.yaml that is a link: its target is rewritten, the link kept
+        data = new_text.encode("utf-8")
+        write_atomically(target, lambda f: f.write(data), mode=keep_mode(target))
         if (root / "dvc.lock").exists():
             # dvc.lock records each stage's cmd, so a new cmd alone makes DVC rerun the stage.
             print(
@@ -330,18 +343,3 @@ def _reads_back(new: str, before: dict[str, _Cmd | str], expected: dict[str, str
         if got != want:
             return False
     return True
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` whole or not at all, keeping its permission bits."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -49,14 +49,21 @@ def fail_halfway(params, *, source: Path, result: Path, report: Path) -> dict:
     raise RuntimeError("the stage broke on purpose")
 
 
-@stage_function(schema=SCHEMA)
-def sleep_then_write(params, *, source: Path, result: Path, report: Path) -> dict:
+def _work_then_write(seconds: float, result: Path, report: Path, text: str) -> dict:
+    """Works ``seconds`` (its pid in job.pid, so a test can watch the job die), then writes
+    both outputs, ``text`` in ``result``."""
     Path("job.pid").write_text(str(os.getpid()))
-    print("sleeping", flush=True)
-    time.sleep(120)
-    result.write_text("too late")
+    print(f"working for {seconds:g} s", flush=True)
+    time.sleep(seconds)
+    result.write_text(text)
     report.mkdir()
     return {}
+
+
+@stage_function(schema=SCHEMA)
+def sleep_then_write(params, *, source: Path, result: Path, report: Path) -> dict:
+    """Outlives every test: the test kills or cancels it first."""
+    return _work_then_write(120, result, report, "too late")
 
 
 @stage_function(schema=SCHEMA)
@@ -68,11 +75,7 @@ def forget_output(params, *, source: Path, result: Path, report: Path) -> dict:
 @stage_function(schema=SCHEMA)
 def sleep_briefly(params, *, source: Path, result: Path, report: Path) -> dict:
     """Long enough to kill the launcher while the job runs, short enough for a test."""
-    print("working for 20 s", flush=True)
-    time.sleep(20)
-    result.write_text("done")
-    report.mkdir()
-    return {}
+    return _work_then_write(20, result, report, "done")
 
 
 @stage_function(schema=SCHEMA)

@@ -6,15 +6,19 @@ the images of `project_sample` in data/raw with the matching data/raw.dvc, and s
 params (`SMALL`) that make a whole repro take seconds on a CPU: the 400 images
 prepare keeps (300 train, 100 test), 1 epoch. The raw folder holds exactly those,
 so no `dvc add`, fingerprint or prepare hashes or decodes images nobody uses.
-tests/conftest.py makes the fixtures here available to every test.
+tests/conftest.py makes the fixtures here available to every test. ``make_project``,
+the plain function under them, is how the benchmarks (sweep.py, fingerprint.py) build
+the same project.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -80,9 +84,23 @@ def project_sample(tmp_path_factory: pytest.TempPathFactory) -> RawData:
     return RawData(folder, sample.dvc_file(folder, tmp_path_factory.mktemp("raw-dvc")))
 
 
-def copy_project(root: Path, raw: RawData) -> Path:
-    """The example project's files in ``root``, with ``raw`` as its data/raw, under git."""
-    for name in PROJECT_FILES:
+def make_project(
+    root: Path,
+    raw: Path,
+    *,
+    raw_dvc: str | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = SMALL,
+    files: Iterable[str] = PROJECT_FILES,
+) -> Path:
+    """The example project in ``root``: ``files`` copied from this checkout, the images of
+    ``raw`` (train/, test/) as data/raw, ``params`` set in params.yaml, under git; not committed.
+
+    A plain function, so the fixtures below and the benchmarks build the same project.
+    ``raw_dvc``: the data/raw.dvc ``dvc add`` writes for ``raw`` (see ``sample.dvc_file``);
+    None leaves the ``dvc add`` to the caller (a benchmark times DVC's hashing, or runs it
+    against a state cache of its own). ``params=None`` keeps params.yaml byte for byte.
+    ``files=()`` when the caller put the files there itself (a ``git archive`` of the repo)."""
+    for name in files:
         src = REPO / name
         dst = root / name
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -91,16 +109,24 @@ def copy_project(root: Path, raw: RawData) -> Path:
         else:
             shutil.copy2(src, dst)
     # hard links: nothing in the pipeline writes to raw data
-    shutil.copytree(raw.folder, root / "data" / "raw", copy_function=os.link)
-    (root / "data" / "raw.dvc").write_text(raw.dvc_file)
+    shutil.copytree(raw, root / "data" / "raw", copy_function=os.link)
+    if raw_dvc is not None:
+        (root / "data" / "raw.dvc").write_text(raw_dvc)
+    if params:
+        update_params(root, **params)
     git(root, "init", "-q", "-b", "main")  # DVC (so the launcher) opens a project only inside git
     return root
 
 
+def copy_project(root: Path, raw: RawData) -> Path:
+    """The example project's files in ``root``, with ``raw`` as its data/raw, under git; the
+    repository's params (``make_project`` with ``params=None``)."""
+    return make_project(root, raw.folder, raw_dvc=raw.dvc_file, params=None)
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, project_sample: RawData) -> Path:
-    root = copy_project(tmp_path / "project", project_sample)
-    update_params(root, **SMALL)
+    root = make_project(tmp_path / "project", project_sample.folder, raw_dvc=project_sample.dvc_file)
     work_in(root, monkeypatch)
     return root
 

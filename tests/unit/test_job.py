@@ -38,14 +38,23 @@ def test_success_publishes_every_output_and_leaves_no_staging(workdir, params, m
     assert sorted(p.name for p in (workdir / "out").iterdir()) == ["report", "result.txt"]
 
 
-def test_failure_leaves_previous_outputs_untouched(workdir, params, monkeypatch):
+@pytest.mark.parametrize(
+    ("stage", "error", "match"),
+    [
+        ("fail_halfway", RuntimeError, "on purpose"),  # raised after writing part of its outputs
+        # wrote one of its two outputs: neither replaces the previous one (each was renamed on
+        # its own before, so the written one overwrote an earlier good output)
+        ("forget_output", FileNotFoundError, "did not write its output out/report"),
+    ],
+)
+def test_a_failed_stage_leaves_the_previous_outputs_whole(stage, error, match, workdir, params, monkeypatch):
     monkeypatch.chdir(REPO)
     out = workdir / "out"
     (out / "report").mkdir(parents=True)
     (out / "result.txt").write_text("previous result")
     (out / "report" / "summary.json").write_text("previous report")
-    with pytest.raises(RuntimeError, match="on purpose"):
-        run_stage(spec("fail_halfway"), params, PATHS, str(workdir))
+    with pytest.raises(error, match=match):
+        run_stage(spec(stage), params, PATHS, str(workdir))
     assert (out / "result.txt").read_text() == "previous result"
     assert (out / "report" / "summary.json").read_text() == "previous report"
     assert sorted(p.name for p in out.iterdir()) == ["report", "result.txt"]
@@ -66,21 +75,6 @@ def test_a_missing_output_fails_and_publishes_nothing(workdir, params, monkeypat
         run_stage(spec("forget_output"), params, PATHS, str(workdir))
     assert not (workdir / "out" / "report").exists()
     assert not (workdir / "out" / "result.txt").exists()  # the output it did write: not published
-
-
-def test_a_missing_output_leaves_the_previous_set_whole(workdir, params, monkeypatch):
-    """The stage wrote one of its two outputs: neither replaces the previous one (each was
-    renamed on its own before, so the written one overwrote an earlier good output)."""
-    monkeypatch.chdir(REPO)
-    out = workdir / "out"
-    (out / "report").mkdir(parents=True)
-    (out / "result.txt").write_text("previous result")
-    (out / "report" / "summary.json").write_text("previous report")
-    with pytest.raises(FileNotFoundError, match="did not write its output out/report"):
-        run_stage(spec("forget_output"), params, PATHS, str(workdir))
-    assert (out / "result.txt").read_text() == "previous result"
-    assert (out / "report" / "summary.json").read_text() == "previous report"
-    assert sorted(p.name for p in out.iterdir()) == ["report", "result.txt"]
 
 
 def test_leftovers_of_a_killed_run_are_removed(workdir, params, monkeypatch):

@@ -45,13 +45,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcpipe.console import say
 from hpcpipe.launch import completion, distributed
 from hpcpipe.launch.host_memory import tune_host_allocator
 from hpcpipe.launch.ranks import WATCH_S, RankBoard, worst
@@ -149,7 +149,7 @@ class CommandRunner:
                     list(job.argv), env={**os.environ, **env}, preexec_fn=_ignore_slurm_warning
                 )
             except (FileNotFoundError, PermissionError) as err:  # what a shell says as 127 / 126
-                print(f"hpcpipe: {job.argv[0]}: {err.strerror}", file=sys.stderr, flush=True)
+                say(f"{job.argv[0]}: {err.strerror}")
                 code = 127 if isinstance(err, FileNotFoundError) else 126
             else:
                 try:
@@ -187,8 +187,7 @@ class CommandRunner:
             failed = self._board.failure_elsewhere() if self._board is not None and not self._warned else None
             if failed is not None:
                 who = failed.describe(self._board.placement.world_size)  # type: ignore[union-attr]
-                line = f"hpcpipe: {job.stage}: {who}; stopping this rank's command"
-                print(line, file=sys.stderr, flush=True)
+                say(f"{job.stage}: {who}; stopping this rank's command")
                 _stop(process, grace_s=min(job.grace_s, 10.0))
                 return process.wait(), who
 
@@ -201,7 +200,7 @@ class CommandRunner:
         bad = worst(ends)
         for end in sorted(ends.values(), key=lambda e: e.rank):
             if end.failed:
-                print(f"hpcpipe: {job.stage}: {end.describe(world)}", file=sys.stderr, flush=True)
+                say(f"{job.stage}: {end.describe(world)}")
         if bad is not None:
             where = f", on {bad.node}" if bad.node else ""
             raise CommandFailed(bad.code, f"rank {bad.rank} of {world}{where}")
@@ -245,11 +244,9 @@ class CommandRunner:
             self._board.record(128 - code if code < 0 else code, "ended at the warning", warned=True)
             self._board.wait_for_all(until=lambda: time.monotonic() >= deadline)
         if not any(Path(job.checkpoint_dir).iterdir()):
-            print(
-                f"hpcpipe: {job.stage}: not requeued: the command saved nothing in "
-                "$HPCPIPE_CHECKPOINT_DIR, so a requeue would only repeat the same work",
-                file=sys.stderr,
-                flush=True,
+            say(
+                f"{job.stage}: not requeued: the command saved nothing in "
+                "$HPCPIPE_CHECKPOINT_DIR, so a requeue would only repeat the same work"
             )
             return None  # submitit then ends the job as failed
         return DelayedSubmission(CommandRunner(), job)

@@ -56,14 +56,6 @@ def usage_lines(entries: list[Entry], profile: Profile) -> list[str]:
     return lines
 
 
-def format_table(rows: list[tuple[str, ...]]) -> str:
-    table = [COLUMNS, *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table
-    )
-
-
 def show_logs(entry: Entry, follow: bool, poll_s: float) -> None:
     """Print the job's stdout and stderr; with ``follow``, keep printing until the job is over."""
     followers = [LogFollower(Path(entry.stdout), sys.stdout), LogFollower(Path(entry.stderr), sys.stderr)]

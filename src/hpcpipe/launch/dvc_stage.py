@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcpipe.files import small_file_md5, write_json_atomically
+from hpcpipe.files import read_json_memo, small_file_md5, write_json_atomically
 from hpcpipe.launch import stage_memo
 from hpcpipe.validation import ConfigError
 
@@ -157,16 +157,13 @@ def _dep_hash(dep: Any, root: Path, rel: str, taken: str | None) -> dict[str, An
         return dep.get_hash().to_dict()
     key = hashlib.sha256(f"{stage_memo.dvc_release()}\0{taken}".encode()).hexdigest()
     memo_path = root / DEP_HASH_MEMO
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    known = memo.get(rel) if isinstance(memo, dict) else None
+    memo = read_json_memo(memo_path)
+    known = memo.get(rel)
     if isinstance(known, list) and len(known) == 2 and known[0] == key:
         return known[1]
     value = dep.get_hash().to_dict()
     with contextlib.suppress(OSError):  # only a shortcut
-        write_json_atomically(memo_path, {**(memo if isinstance(memo, dict) else {}), rel: [key, value]})
+        write_json_atomically(memo_path, {**memo, rel: [key, value]})
     return value
 
 

@@ -55,6 +55,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hpcpipe.console import say
 from hpcpipe.files import TEMP_MARK
 from hpcpipe.launch import completion, distributed
 from hpcpipe.launch.host_memory import tune_host_allocator
@@ -232,8 +233,7 @@ def _run_and_publish(
                 board.record(1, f"raised {type(err).__name__}: {err}".splitlines()[0])
                 first = board.failure_elsewhere()  # a peer's failure is often the cause of ours
                 if first is not None:
-                    line = f"hpcpipe: {spec.name}: {first.describe(board.placement.world_size)}"
-                    print(line, file=sys.stderr, flush=True)
+                    say(f"{spec.name}: {first.describe(board.placement.world_size)}")
             raise
         if board is not None:
             _wait_for_ranks(board, termination)

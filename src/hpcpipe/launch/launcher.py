@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from hpcpipe.claim import claimed
 from hpcpipe.config import Profile
+from hpcpipe.console import say
 from hpcpipe.launch import completion, usage
 from hpcpipe.launch.checks import account_problem, write_access_problem
 from hpcpipe.launch.command_job import EXIT_MARK, exit_status_from
@@ -120,12 +121,6 @@ def private_folder(folder: Path, root: Path) -> Path:
     for path in private:
         path.chmod(0o700)
     return folder
-
-
-def say(message: str) -> None:
-    """One hpcpipe line on stderr; a closed stderr must not turn into a traceback."""
-    with contextlib.suppress(OSError, ValueError):
-        print(f"hpcpipe: {message}", file=sys.stderr, flush=True)
 
 
 def ledger_for(root: Path, profile: Profile) -> Ledger:
@@ -471,7 +466,7 @@ def _report(job: Any, outcome: Outcome, work: Work, root: Path, elapsed: float) 
         lines = tail(stderr_path)
         if lines:
             say(f"{work.name}: last {len(lines)} lines of {stderr_path}:")
-            for line in lines:
+            for line in lines:  # the job's own lines, quoted under that say: not hpcpipe's
                 print(f"  | {line}", file=sys.stderr)
         # the job's own last words (the exception line of its traceback) beat submitit's wrapper text
         reason = outcome.reason or (lines[-1].strip() if lines else "no error output")

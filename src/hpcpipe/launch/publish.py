@@ -30,12 +30,12 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hpcpipe.console import say
 from hpcpipe.files import TEMP_MARK, fsync_dir, temp_sibling, write_json_atomically
 
 JOURNAL_DIR = Path(".hpcpipe") / "publish"
@@ -170,13 +170,13 @@ class Publisher:
         except (OSError, ValueError, KeyError, TypeError) as err:
             aside = self.journal.with_name(self.journal.name + ".unreadable")
             os.replace(self.journal, aside)
-            _say(
+            say(
                 f"{self.stage}: publication journal {self.journal} is unreadable ({err}); "
                 f"set aside as {aside.name}, outputs left as they are"
             )
             return False
         self._roll_back(moves)
-        _say(
+        say(
             f"{self.stage}: an earlier job was killed while publishing its outputs; "
             f"rolled back to the previous ones ({', '.join(m.final for m in moves)})"
         )
@@ -200,7 +200,3 @@ class Publisher:
     def _forget(self) -> None:
         self.journal.unlink(missing_ok=True)
         fsync_dir(self.journal.parent)
-
-
-def _say(message: str) -> None:
-    print(f"hpcpipe: {message}", file=sys.stderr, flush=True)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcpipe.files import signature, small_file_md5, write_json_atomically
+from hpcpipe.files import read_json_memo, signature, small_file_md5, write_json_atomically
 from hpcpipe.launch import params_files
 
 MEMO = Path(".dvc") / "tmp" / "hpcpipe-stages.json"
@@ -115,18 +115,10 @@ def _key(name: str, environ: Mapping[str, str], running_env: str) -> str:
     return f"{name}\0{environ.get(running_env, '')}"
 
 
-def _read(root: Path) -> dict[str, Any]:
-    try:
-        memo = json.loads((root / MEMO).read_text())
-    except (OSError, ValueError):
-        return {}
-    return memo if isinstance(memo, dict) else {}
-
-
 def recall(root: Path, name: str, environ: Mapping[str, str], running_env: str) -> Recalled | None:
     """The stage remembered for ``name``, brought up to date where that is exact (see the
     module docstring); None when DVC must be asked."""
-    entry = _read(root).get(_key(name, environ, running_env))
+    entry = read_json_memo(root / MEMO).get(_key(name, environ, running_env))
     try:
         return _recall(root, entry)
     except (KeyError, TypeError, AttributeError, ValueError):  # an older or damaged memo
@@ -249,7 +241,7 @@ def _shape(rel: str, text: bytes | None) -> str | None:
 def keep(
     root: Path, name: str, environ: Mapping[str, str], running_env: str, entry: Mapping[str, Any]
 ) -> None:
-    memo = _read(root)
+    memo = read_json_memo(root / MEMO)
     memo[_key(name, environ, running_env)] = dict(entry)
     with contextlib.suppress(OSError):  # a read-only project or a full disk: the memo is only a shortcut
         write_json_atomically(root / MEMO, memo)

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from types import FrameType
-from typing import Any
+
+from hpcpipe.signal_watch import SignalWatch
 
 WHY = "cancelled, preempted or at its time limit"
 
@@ -32,38 +32,25 @@ class Terminated(RuntimeError):
     """The job got SIGTERM: its results are not published (the job ends failed)."""
 
 
-class TerminationWatch:
+class TerminationWatch(SignalWatch):
     """A context manager that records SIGTERM while it is active (see the module docstring).
 
-    Signal handlers can only be set from the main thread; elsewhere (a test's worker
-    thread) the watch is inert and ``received`` stays False.
+    Inert outside the main thread (``SignalWatch``): there ``received`` stays False.
     """
 
     def __init__(self, what: str = "the job") -> None:
+        super().__init__(signal.SIGTERM)
         self.what = what
-        self.received = False
-        self._previous: Any = None
-        self._installed = False
 
-    def __enter__(self) -> TerminationWatch:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-            self._installed = True
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._installed = False
-
-    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
         first = not self.received
         self.received = True
         if first:
-            # os.write, not print: a handler may run in the middle of another write to stderr
+            # os.write, not console.say's print: a handler may run in the middle of another
+            # write to stderr, where print would raise (reentrant call)
             line = f"hpcpipe: {self.what}: SIGTERM received ({WHY}): its outputs will not be published\n"
             os.write(2, line.encode())
-        previous = self._previous
+        previous = self.previous
         if callable(previous):
             previous(signum, frame)
         elif previous in (signal.SIG_DFL, None):  # what SIGTERM would have done without us

@@ -11,45 +11,33 @@ the signal goes to the handler that was there before (submitit's: checkpoint and
 requeue on rank 0, nothing on the others). Where there was none (a direct call, a
 test) nothing more happens: ``Stopped`` ends the stage.
 
-Signal handlers can only be set from the main thread; elsewhere the watch is inert.
+Signal handlers can only be set from the main thread; elsewhere the watch is inert
+(``hpcpipe.signal_watch``, which ``launch.termination``'s SIGTERM watch shares).
 """
 
 from __future__ import annotations
 
 import signal
-import threading
 from types import FrameType
-from typing import Any
+
+from hpcpipe.signal_watch import SignalWatch
 
 WARNING = signal.SIGUSR2  # what the profiles ask Slurm for (launch.profiles: --signal USR2@N)
 
 
-class WarningSignal:
+class WarningSignal(SignalWatch):
     """A context manager that records the warning signal for the block (see the module docstring)."""
 
     def __init__(self, signum: int = WARNING) -> None:
-        self.signum = signum
-        self.received = False
+        super().__init__(signum)
         self._frame: FrameType | None = None
-        self._previous: Any = None
-        self._installed = False
 
     def requested(self) -> bool:
         return self.received
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.received, self._frame = True, frame
 
-    def __enter__(self) -> WarningSignal:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(self.signum, self._on_signal)
-            self._installed = True
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        if not self._installed:
-            return
-        signal.signal(self.signum, self._previous)
-        self._installed = False
-        if self.received and callable(self._previous):
-            self._previous(self.signum, self._frame)  # submitit's: requeue (rank 0) and exit
+        if self.restore() and self.received and callable(self.previous):
+            self.previous(self.signum, self._frame)  # submitit's: requeue (rank 0) and exit

@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from hpcpipe.launch.launcher import say
+from hpcpipe.console import say
 from hpcpipe.sweep import record, workspace
 from hpcpipe.sweep.watch import DONE, live, refresh
 from hpcpipe.validation import ConfigError

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from hpcpipe.config import Profile
+from hpcpipe.console import say
 from hpcpipe.launch.interrupts import Interrupted, SignalsAsExceptions, signals_held
-from hpcpipe.launch.launcher import say
 from hpcpipe.sweep import record
 from hpcpipe.sweep.cancel import cancel
 from hpcpipe.sweep.record import Point, Sweep

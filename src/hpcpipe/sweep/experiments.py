@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from hpcpipe.launch.launcher import say
+from hpcpipe.console import say
 from hpcpipe.sweep.record import Point, Sweep
 from hpcpipe.sweep.workspace import git
 from hpcpipe.validation import ConfigError

@@ -18,27 +18,18 @@ remembered: it is always DVC that decides to reproduce.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from hpcpipe.files import signature, write_json_atomically
+from hpcpipe.files import read_json_memo, signature, write_json_atomically
 from hpcpipe.sweep.pipeline import DvcProject, StageNode
 
 MEMO = Path(".hpcpipe") / "upstream-fresh.json"
 ALWAYS_HASHED = ("dvc.yaml", "dvc.lock")
 
 
-def _load(root: Path) -> dict[str, str]:
-    try:
-        memo = json.loads((root / MEMO).read_text())
-    except (OSError, ValueError):
-        return {}
-    return memo if isinstance(memo, dict) else {}
-
-
 def _store(root: Path, key: str, value: str) -> None:
-    write_json_atomically(root / MEMO, {**_load(root), key: value})
+    write_json_atomically(root / MEMO, {**read_json_memo(root / MEMO), key: value})
 
 
 def stale(project: DvcProject, nodes: Sequence[StageNode], stages: Sequence[str]) -> bool:
@@ -53,7 +44,7 @@ def stale(project: DvcProject, nodes: Sequence[StageNode], stages: Sequence[str]
     files = [*ALWAYS_HASHED, *(f for n in wanted for f in n.param_files)]
     key = ",".join(sorted(stages))
     before = signature(project.root, paths, files, dvc.__version__)  # taken first: see below
-    if _load(project.root).get(key) == before:
+    if read_json_memo(project.root / MEMO).get(key) == before:
         return False
     if project.changed(stages):
         return True

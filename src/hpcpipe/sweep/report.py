@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hpcpipe.config import load_profile
+from hpcpipe.console import render_table, say
 from hpcpipe.launch import usage
-from hpcpipe.launch.launcher import say
 from hpcpipe.sweep import record
 from hpcpipe.sweep.grid import describe
 from hpcpipe.sweep.record import Point, Sweep
@@ -54,7 +54,7 @@ def usage_lines(root: Path, sweep: Sweep) -> list[str]:
 def table(sweep: Sweep) -> str:
     """One row per point: its last job, state, params, the last stage's metrics, experiment."""
     header = ("point", "job", "state", "params", "metrics", "experiment")
-    rows = [header]
+    rows = []
     # the last stage's metrics (evaluate's test accuracy...); all of them: dvc exp show
     last = f"{Path(sweep.metrics[-1]).stem}." if sweep.metrics else ""
     for p in sweep.points:
@@ -62,10 +62,7 @@ def table(sweep: Sweep) -> str:
         metrics = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
         job = p.attempts[-1].job_id if p.attempts else "-"
         rows.append((str(p.number), job, p.state, describe(p.overrides), metrics or "-", p.experiment or "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
+    return render_table(header, rows)
 
 
 def summary(sweep: Sweep, points: Sequence[Point]) -> int:

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcpipe.config import Profile, load_profile, resolve_profile_name
+from hpcpipe.console import say
 from hpcpipe.launch.executors import backend
-from hpcpipe.launch.launcher import say
 from hpcpipe.stage_function import function_schemas
 from hpcpipe.sweep import drive, freshness, record, snapshot, workspace
 from hpcpipe.sweep.grid import expand_grid, random_subset, validate_points

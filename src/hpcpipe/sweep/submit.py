@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Protocol
 
 from hpcpipe.config import Profile
+from hpcpipe.console import say
 from hpcpipe.launch.executors import backend
-from hpcpipe.launch.launcher import last_line, say
+from hpcpipe.launch.launcher import last_line
 from hpcpipe.sweep import record
 from hpcpipe.sweep.record import Attempt, Point, Sweep
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from hpcpipe.console import say
 from hpcpipe.launch import slurm_state
 from hpcpipe.launch.executors import backend
-from hpcpipe.launch.launcher import say
 from hpcpipe.launch.watch import outcome_from_result
 from hpcpipe.sweep.experiments import import_point
 from hpcpipe.sweep.record import Point, Sweep

@@ -45,13 +45,14 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcpipe.console import say
+from hpcpipe.files import write_json_atomically
 from hpcpipe.tracking.context import RunContext, job_id, job_key, node_name, run_id
 from hpcpipe.tracking.slurm_queue import job_name
 
@@ -105,11 +106,8 @@ def mark_live(folder: Path) -> Path:
         "slurm_job": job_name(os.environ),
         "started": time.time(),
     }
-    text = json.dumps(live)
-    for name in (JOB_RECORD, LIVE_MARKER):
-        tmp = folder / f".{name}.{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, folder / name)
+    for name in (JOB_RECORD, LIVE_MARKER):  # fsynced: a node that dies cannot lose who wrote the run
+        write_json_atomically(folder / name, live)
     return folder / LIVE_MARKER
 
 
@@ -139,7 +137,7 @@ def _journal(folder: Path, step: int, row: Mapping[str, Any]) -> None:
 
 
 def warn(message: str) -> None:
-    print(f"hpcpipe: W&B off for this stage: {message}", file=sys.stderr, flush=True)
+    say(f"W&B off for this stage: {message}")
 
 
 def git_commit(workdir: Path) -> str | None:
@@ -222,7 +220,7 @@ def _open(params: Any, context: RunContext, sections: Sequence[str], workdir: Pa
         (folder / LIVE_MARKER).unlink(missing_ok=True)
         raise
     where = f"offline in {segment.relative_to(workdir)}; upload with: hpcpipe sync" if offline else "online"
-    print(f"hpcpipe: W&B run {rid} ({where})", file=sys.stderr, flush=True)
+    say(f"W&B run {rid} ({where})")
     return ActiveRun(
         handle=handle, folder=folder, next_step=0, segment=segment if offline else None, replay=replay
     )

@@ -27,7 +27,6 @@ the environment or ~/.netrc, as for any wandb command; nothing here reads or wri
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcpipe import claim
+from hpcpipe.files import write_json_atomically
 from hpcpipe.liveness import pid_alive
 from hpcpipe.queue_cache import QueueCache
 from hpcpipe.tracking.run import JOB_RECORD, LIVE_MARKER, SYNCED_MARKER, segments
@@ -197,9 +197,7 @@ def upload(run: RunFolder, command: Sequence[str] = SYNC_COMMAND) -> str | None:
         "segments": run.count or len(segments(run.folder)),
         "synced_at": time.time(),
     }
-    tmp = run.folder / f".{SYNCED_MARKER}.{os.getpid()}"
-    tmp.write_text(json.dumps(marker))
-    os.replace(tmp, run.folder / SYNCED_MARKER)
+    write_json_atomically(run.folder / SYNCED_MARKER, marker)  # on disk: a lost one uploads twice
     return None
 
 
