@@ -95,7 +95,7 @@ def checkpoint_file(spec: StageSpec, workdir: str, fp: str, clean: bool = True) 
         if stale != path:
             stale.unlink(missing_ok=True)
     # their set-aside unusable ones, and temp files of writers killed mid-save (this
-    # fingerprint's own: ml.training.resume)
+    # fingerprint's own: ml.checkpoint.resume)
     leftovers = [
         *folder.glob(f"checkpoint-{spec.name}-*.pt.unusable"),
         *folder.glob(f".checkpoint-{spec.name}-*.pt{TEMP_MARK}*"),
