@@ -2,7 +2,7 @@
 
     python benchmarks/scale.py                               # a and b, ~5 minutes on 2 cores
     python benchmarks/scale.py --images 2000 --epochs 1      # smoke run, ~1 minute
-    python benchmarks/scale.py --data .bench-data            # b on a CUDA machine: the full set
+    python benchmarks/scale.py --parts b --data .bench-data  # b alone, on a CUDA machine: the full set
 
 a. images/s of ``hpcpipe.stages.train:train`` (params.yaml's ``fast`` recipe, global batch
    and learning rate as there) on the committed sample's first ``--images`` training
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=10000, help="a: training images of the sample")
     parser.add_argument("--epochs", type=int, default=2, help="a: epochs per run")
     parser.add_argument("--data", type=Path, default=REPO / ".bench-data", help="b: the full set's folders")
+    parser.add_argument("--parts", default="ab", help="which parts to run: a, b or ab (the default)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -165,9 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0]
     header = (f"# {time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}  "
               f"{os.cpu_count()} cores  torch {torch.__version__}  load {load:.2f} at start")  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="hpcpipe-scale-") as tmp:
-        lines = part_a(args, Path(tmp))
-    lines += part_b(args)
+    lines = []
+    if "a" in args.parts:
+        with tempfile.TemporaryDirectory(prefix="hpcpipe-scale-") as tmp:
+            lines += part_a(args, Path(tmp))
+    if "b" in args.parts:
+        lines += part_b(args)
     print("\n```\n" + header + "\n```\n\n" + "\n".join(lines), flush=True)
     return 0
 
