@@ -221,7 +221,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def _ledger(cluster: str | None):
-    from hpcpipe.launch.launcher import ledger_for
+    from hpcpipe.launch.submission import ledger_for
 
     root = Path.cwd()
     return ledger_for(root, load_profile(resolve_profile_name(cluster), root))
@@ -249,7 +249,7 @@ def cmd_repro(args: argparse.Namespace, dvc_args: list[str]) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from hpcpipe.launch.control import COLUMNS, status_rows, usage_lines
-    from hpcpipe.launch.launcher import ledger_for
+    from hpcpipe.launch.submission import ledger_for
 
     root = Path.cwd()
     if args.sweep:

@@ -14,7 +14,7 @@ import yaml
 
 from hpcpipe.config import load_profile
 from hpcpipe.launch.job_environment import looks_secret, withheld
-from hpcpipe.launch.launcher import prepared_executor
+from hpcpipe.launch.submission import prepared_executor
 from hpcpipe.validation import ConfigError
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 
 from hpcpipe.config import Profile, Resources
-from hpcpipe.launch.launcher import resources_digest
 from hpcpipe.launch.ledger import Entry, Ledger
+from hpcpipe.launch.submission import resources_digest
 
 
 def test_entries_round_trip_and_replace(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from hpcpipe.cli import main
 from hpcpipe.config import Profile
 from hpcpipe.launch.checks import open_for_writing, source_write_problem, write_access_problem
-from hpcpipe.launch.launcher import private_folder
+from hpcpipe.launch.submission import private_folder
 
 
 def mode(path: Path) -> int:

@@ -9,7 +9,7 @@ in the accounting database where ``AccountingStoreFlags=job_env`` is set), and b
 seen by every command the job runs. Nothing a job does needs them: W&B runs
 offline there, and ``hpcpipe sync`` uploads from the login node with the key.
 
-So before every submission (``launcher.prepared_executor``) the variables named
+So before every submission (``submission.prepared_executor``) the variables named
 like secrets are removed from this process's environment, which is what every
 executor passes on. sbatch's ``--export`` cannot do it: it can add variables to
 ALL but not take any away, and ``--export=NONE`` would drop the environment that

@@ -4,7 +4,7 @@ This is what ``hpcpipe run NAME ...`` (the ``cmd`` of each DVC stage) does with 
 ``Work`` that ``stage_work`` built: a command stage's ``CommandRunner`` or a function
 stage's ``job.run_stage``, pickled by reference, so the login node never imports
 what the job runs (torch, for the example). Every submission (a stage, the --detach
-driver, a sweep's array) goes through ``prepared_executor``.
+driver, a sweep's array) goes through ``submission.prepared_executor``.
 
 Exit status: 0 when the job completed, returned a result and every DVC out of the
 stage exists; a command stage's own exit status when its command failed, 1 when
@@ -17,9 +17,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import dataclasses
-import hashlib
 import io
-import json
 import os
 import subprocess
 import sys
@@ -32,16 +30,24 @@ from hpcpipe.claim import claimed
 from hpcpipe.config import Profile
 from hpcpipe.console import say
 from hpcpipe.launch import completion, usage
-from hpcpipe.launch.checks import account_problem, write_access_problem
 from hpcpipe.launch.command_job import EXIT_MARK, exit_status_from
 from hpcpipe.launch.executors import Backend, backend
 from hpcpipe.launch.interrupts import Interrupted, SignalsAsExceptions, signals_noted
-from hpcpipe.launch.job_environment import withhold_secrets
-from hpcpipe.launch.ledger import Entry, Ledger, file_safe
+from hpcpipe.launch.ledger import Ledger
 from hpcpipe.launch.profiles import resumable
+from hpcpipe.launch.submission import (
+    SubmitRefused,
+    Unrecorded,
+    job_folder,
+    last_line,
+    ledger_entry,
+    ledger_for,
+    prepared_executor,
+    refuse_open_project,
+    resources_digest,
+)
 from hpcpipe.launch.watch import Outcome
 from hpcpipe.tracking.context import RunContext
-from hpcpipe.validation import ConfigError
 
 STDERR_TAIL_LINES = 20
 RESULT_CHECK_S = 0.25  # how often the job's result file is looked at (a stat; Slurm: every poll_s)
@@ -99,41 +105,6 @@ def tail(path: Path | None, lines: int = STDERR_TAIL_LINES) -> list[str]:
     return text[-lines:]
 
 
-def job_folder(root: Path, profile: Profile, stage: str) -> Path:
-    return private_folder(root / profile.job_dir / file_safe(stage), root)
-
-
-def private_folder(folder: Path, root: Path) -> Path:
-    """Job folders hold pickles that run code when loaded: owner-only (0700), up to ``root``.
-
-    Inside the project: ``folder`` and each folder between it and ``root``. Elsewhere (a
-    ``job_dir`` on scratch, or ``../jobs``): ``folder`` and the folders this call created,
-    never one that was there before (the project's parent, the user's scratch root).
-    """
-    existing = next(p for p in [folder, *folder.parents] if p.exists())
-    folder.mkdir(parents=True, exist_ok=True)
-    target, top = folder.resolve(), root.resolve()
-    if top in target.parents:
-        private = [target, *[p for p in target.parents if top in p.parents]]
-    else:
-        created = folder.relative_to(existing).parents if existing != folder else []
-        private = [target, *[(existing / p).resolve() for p in created if p != Path(".")]]
-    for path in private:
-        path.chmod(0o700)
-    return folder
-
-
-def ledger_for(root: Path, profile: Profile) -> Ledger:
-    return Ledger(root / profile.job_dir / "ledger")
-
-
-def strip_inherited_slurm_env() -> None:
-    """A submission from inside a job (the --detach driver) must not pass the driver's
-    allocation (SLURM_MEM_PER_NODE, SLURM_CPUS_PER_TASK, ...) on to the new job."""
-    for key in [k for k in os.environ if k.startswith("SLURM_") and k != "SLURM_CONF"]:
-        del os.environ[key]
-
-
 def _reattach(ledger: Ledger, work: Work, profile: Profile) -> Any:
     """The stage's live job from an earlier launcher, if its backend can reattach to one
     (Slurm's outlive their launcher) and it is still worth waiting for.
@@ -177,18 +148,6 @@ class Work:
     function: Any
     args: tuple[Any, ...]
     outs: tuple[str, ...]
-
-
-def resources_digest(profile: Profile, stage: str) -> str:
-    """What the scheduler is asked for: not part of the fingerprint (results do not depend
-    on it), but a job asked for with other resources is not the one wanted now."""
-    record = {"executor": profile.executor, **dataclasses.asdict(profile.resources(stage))}
-    # keys added after jobs were already recorded count only when set: an upgrade alone
-    # must not make a running job stale (it would be cancelled and resubmitted)
-    for key, default in (("nodes", 1), ("tasks_per_node", None)):
-        if record.get(key) == default:
-            record.pop(key, None)
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def launch(work: Work, profile: Profile, root: Path, verbose: bool = False) -> int:
@@ -293,21 +252,6 @@ def _submit_recorded(root: Path, profile: Profile, work: Work, kind: Backend) ->
     return job
 
 
-class Unrecorded(ConfigError):
-    """A job was submitted but could not be put in the ledger (and was cancelled)."""
-
-
-class SubmitRefused(Unrecorded):
-    """The scheduler said no (slurmctld down, an account or a partition it refuses, a
-    submit limit): nothing was queued. Its message is one line, the scheduler's reason."""
-
-
-def last_line(text: str) -> str:
-    """The last non-empty line of a tool's complaint: sbatch's reason comes last."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no reason given"
-
-
 def _cancel(watcher: Any) -> str | None:
     """Cancel the watched job; None when done, else what went wrong, in words. A second
     Ctrl-C meanwhile is answered, not obeyed (see ``interrupts``)."""
@@ -360,53 +304,8 @@ def _abandon(job: Any, watcher: Any, work: Work, err: Exception) -> int:
 
 def submit(root: Path, profile: Profile, name: str, function: Any, args: tuple[Any, ...], fp: str) -> Any:
     """The one submit path of a single job (a stage, the --detach driver)."""
-    _refuse_open_project(root, profile)
+    refuse_open_project(root, profile)
     return _submit_recorded(root, profile, Work(name, fp, function, args, ()), backend(profile.executor))
-
-
-def submit_array(
-    root: Path,
-    profile: Profile,
-    name: str,
-    function: Any,
-    arg_lists: list[list[Any]],
-    folder: Path,
-    at_once: int,
-    after: str | None = None,
-) -> list[Any]:
-    """The same path for a job array (a sweep): ONE sbatch, at most ``at_once`` tasks running;
-    ``after``: a job (array) id whose end, whatever its outcome, this array waits for."""
-    _refuse_open_project(root, profile)
-    private_folder(folder, root)
-    executor = prepared_executor(profile, name, folder, requeue=resumable(function))
-    executor.update_parameters(
-        array_parallelism=at_once, **({"dependency": f"afterany:{after}"} if after else {})
-    )
-    jobs = executor.map_array(function, *arg_lists)
-    ledger_for(root, profile).put(ledger_entry(name, jobs[0], profile, "", folder))
-    return jobs
-
-
-def _refuse_open_project(root: Path, profile: Profile) -> None:
-    """Code another user can write would run as you on the nodes (``hpcpipe run`` checks
-    this itself, before it resolves the stage)."""
-    problem = write_access_problem(root, profile)
-    if problem:
-        raise ConfigError(problem)
-
-
-def prepared_executor(profile: Profile, name: str, folder: Path, requeue: bool = False) -> Any:
-    """What every submission goes through: the site's account check, the executor with the
-    profile's resources for ``name`` (and ``--requeue`` for a resumable job), and no SLURM_*
-    variables inherited from an allocation."""
-    problem = account_problem(profile, os.environ)
-    if problem:
-        raise ConfigError(problem)
-    kind = backend(profile.executor)
-    if kind.strips_slurm_env:
-        strip_inherited_slurm_env()
-    withhold_secrets(profile.export_secrets)  # no API key or password leaves the login node
-    return kind.executor(profile, name, folder, requeue)
 
 
 def run_context(name: str, profile: Profile, fp: str) -> RunContext:
@@ -417,22 +316,6 @@ def run_context(name: str, profile: Profile, fp: str) -> RunContext:
         profile=profile.name,
         resources=dataclasses.asdict(profile.resources(name)),
         wandb_online=profile.wandb_online,
-    )
-
-
-def ledger_entry(stage: str, job: Any, profile: Profile, fp: str, folder: Path) -> Entry:
-    """The ledger's record of a just-submitted job (a stage's, or the --detach driver's)."""
-    paths = getattr(job, "paths", None)
-    return Entry(
-        stage=stage,
-        job_id=str(job.job_id),
-        executor=profile.executor,
-        fingerprint=fp,
-        folder=str(folder.resolve()),
-        resources=resources_digest(profile, stage),
-        stdout=str(paths.stdout) if paths else "",
-        stderr=str(paths.stderr) if paths else "",
-        submitted_at=time.time(),
     )
 
 

@@ -34,7 +34,7 @@ class Entry:
     stdout: str
     stderr: str
     submitted_at: float
-    resources: str = ""  # digest of what the scheduler was asked for (see launcher.resources_digest)
+    resources: str = ""  # digest of what the scheduler was asked for (see submission.resources_digest)
     reported: bool = False  # a launcher told DVC how it ended: never adopted again (see completion)
 
     @property

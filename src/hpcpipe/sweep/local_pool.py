@@ -21,7 +21,7 @@ from hpcpipe.sweep.watch import NOT_STARTED
 
 class LocalPool:
     def __init__(self, root: Path, sweep: Sweep, profile: Profile) -> None:
-        from hpcpipe.launch.launcher import prepared_executor, private_folder
+        from hpcpipe.launch.submission import prepared_executor, private_folder
 
         self.root, self.sweep, self.kind = root, sweep, profile.executor
         tuned_profile, key = tuned(sweep, profile)

@@ -23,7 +23,7 @@ from typing import Protocol
 from hpcpipe.config import Profile
 from hpcpipe.console import say
 from hpcpipe.launch.executors import backend
-from hpcpipe.launch.launcher import last_line
+from hpcpipe.launch.submission import last_line
 from hpcpipe.sweep import record
 from hpcpipe.sweep.record import Attempt, Point, Sweep
 
@@ -84,7 +84,7 @@ class ArraySubmission:
     def start(self, points: Sequence[Point]) -> None:
         from submitit.core.utils import FailedJobError
 
-        from hpcpipe.launch.launcher import submit_array
+        from hpcpipe.launch.submission import submit_array
         from hpcpipe.sweep.task import run_point
 
         sweep, root = self.sweep, self.root
