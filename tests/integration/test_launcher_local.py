@@ -176,8 +176,9 @@ def test_cancel_all_stops_a_running_local_job(fake_stage_project, capsys):
     assert main(["cancel", "--all"]) == 0
     assert "cancelled fake: job" in capsys.readouterr().out
     wait_for(lambda: not pid_alive(job_pid), timeout=15)
-    launcher.communicate(timeout=60)
+    _, err = launcher.communicate(timeout=60)
     assert launcher.returncode == 1  # the launcher saw its job end without a result
+    assert "FAILED after" in err, err  # said at once: no wait for a result that cannot come
     assert not (fake_stage_project / "out" / "result.txt").exists()
 
 

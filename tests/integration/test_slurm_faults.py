@@ -20,8 +20,16 @@ from pathlib import Path
 
 import pytest
 
+from hpcpipe.liveness import pid_alive
 from tests.support.commands import wait_for
-from tests.support.launch_project import add_command_stage, add_fake_stage, ledger_job, start
+from tests.support.launch_project import (
+    add_command_stage,
+    add_fake_stage,
+    ledger_job,
+    let_go,
+    start,
+    start_logged,
+)
 from tests.support.slurm import jobs_named, now, running_job, sacct_row, second_cluster, squeue_state
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -46,14 +54,15 @@ def test_a_job_that_finished_while_no_launcher_watched_is_adopted(slurm_project:
     Once that outcome has been reported, a further launch (dvc repro -f) runs it again."""
     since = now()
     earlier = set(jobs_named("hpcpipe-fake", since, slurm_project))
-    first = start(slurm_project, "sleep_briefly")
+    first = start(slurm_project, "wait_for_go")
     job_id = running_job(slurm_project)
     first.kill()  # as an SSH drop: no chance to cancel
     first.communicate()
+    let_go(slurm_project)  # the job ends while no launcher watches it
     wait_for(lambda: squeue_state(job_id) in ("", "COMPLETED"), timeout=300)
     assert sacct_row(job_id, timeout_s=60)[0] == "COMPLETED"
     assert (slurm_project / "out" / "result.txt").read_text() == "done"
-    second = start(slurm_project, "sleep_briefly")
+    second = start(slurm_project, "wait_for_go")
     _, err = second.communicate(timeout=120)
     assert second.returncode == 0, err
     assert f"job {job_id} finished while no launcher was watching it" in err and "adopted" in err
@@ -147,14 +156,25 @@ def test_a_broken_stdout_cancels_the_job_without_a_traceback(slurm_project: Path
     wait_for(lambda: sacct_row(job_id)[0].startswith("CANCELLED"), timeout=60)
 
 
-def test_two_launchers_of_one_stage_share_one_job(slurm_project: Path):
+def test_two_launchers_of_one_stage_share_one_job(slurm_project: Path, tmp_path: Path):
     """Point 3: two terminals start the same stage at once: one job, both exit 0."""
     since = now()
     earlier = set(jobs_named("hpcpipe-fake", since, slurm_project))
-    add_fake_stage(slurm_project, "sleep_briefly")  # dvc.yaml written once, before both start
-    both = [start(slurm_project, "sleep_briefly", declare=False) for _ in range(2)]
-    errs = [p.communicate(timeout=300)[1] for p in both]
+    add_fake_stage(slurm_project, "wait_for_go")  # dvc.yaml written once, before both start
+    logs = [tmp_path / f"launcher-{i}.err" for i in range(2)]
+    both = [start_logged(slurm_project, "wait_for_go", log, declare=False) for log in logs]
+
+    def settled() -> bool:  # one reattached (so both watch the job), or one ended
+        return any("reattached" in log.read_text() for log in logs) or any(p.poll() is not None for p in both)
+
+    wait_for(settled, timeout=180)
+    let_go(slurm_project)
+    for p in both:
+        p.communicate(timeout=300)
+    errs = [log.read_text() for log in logs]
     assert [p.returncode for p in both] == [0, 0], errs
+    # in the database, which jobs_named reads (slurmdbd records a job a moment after its end)
+    assert sacct_row(ledger_job(slurm_project), timeout_s=60)[0] == "COMPLETED"
     new = [j for j in jobs_named("hpcpipe-fake", since, slurm_project) if j not in earlier]
     assert len(new) == 1, (new, errs)
     assert sum(f"reattached to job {new[0]}" in err for err in errs) == 1, errs
@@ -163,9 +183,14 @@ def test_two_launchers_of_one_stage_share_one_job(slurm_project: Path):
 def test_a_requeue_is_said_with_its_cause_and_attempt(slurm_project: Path):
     """Point 14: `scontrol requeue` sends the running job back to the queue; the launcher
     says so in one line, then follows the second attempt to the end."""
-    driver = start(slurm_project, "sleep_briefly")
+    driver = start(slurm_project, "wait_for_go")
     job_id = running_job(slurm_project)
+    wait_for(lambda: (slurm_project / "job.pid").exists(), timeout=60)
+    first_attempt = int((slurm_project / "job.pid").read_text())
     subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+    # the second attempt may finish at once; the first must not (its process gone first)
+    wait_for(lambda: not pid_alive(first_attempt), timeout=60, what="the first attempt's process to end")
+    let_go(slurm_project)
     _, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, err
     said = [line for line in err.splitlines() if "requeued by Slurm" in line]

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from hpcpipe.launch.ledger import Ledger
+from hpcpipe.liveness import pid_alive
 from tests.support import REPO
 from tests.support.commands import wait_for
 from tests.support.launch_project import (
@@ -25,8 +26,10 @@ from tests.support.launch_project import (
     files_containing,
     launch,
     ledger_job,
+    let_go,
     quoted,
     start,
+    start_logged,
 )
 from tests.support.slurm import (
     jobs_named,
@@ -34,6 +37,7 @@ from tests.support.slurm import (
     now,
     running_job,
     sacct_row,
+    send_warning,
     squeue_state,
 )
 
@@ -78,10 +82,16 @@ def test_a_failed_job_reports_id_state_and_stderr_tail(slurm_project: Path):
 
 
 def test_a_job_past_its_time_limit_fails_with_timeout(slurm_project: Path):
+    """A stage that cannot resume, warned before its one-minute limit (the test sends
+    Slurm's warning once the stage runs: see ``send_warning``), ends and is said TIMEOUT."""
     driver = start(slurm_project, "sleep_then_write", profile="testcluster-1min")
+    wait_for(lambda: (slurm_project / "job.pid").exists() or driver.poll() is not None, timeout=300)
+    job_id = ledger_job(slurm_project)
+    assert job_id is not None, driver.communicate()
+    send_warning(job_id)
     _, err = driver.communicate(timeout=400)
     assert driver.returncode == 1, err
-    job_id = ledger_job(slurm_project)
+    assert ledger_job(slurm_project) == job_id
     assert f"job {job_id} TIMEOUT" in err
     assert not (slurm_project / "out" / "result.txt").exists()
 
@@ -97,32 +107,44 @@ def test_ctrl_c_cancels_the_slurm_job(slurm_project: Path):
     assert sacct_row(job_id)[0].startswith("CANCELLED")
 
 
-def test_a_killed_launcher_is_replaced_without_a_second_job(slurm_project: Path):
+def test_a_killed_launcher_is_replaced_without_a_second_job(slurm_project: Path, tmp_path: Path):
     since = now()
     # sacct's -S has 1 s steps: the previous test's job can fall in the window
     earlier = set(jobs_named("hpcpipe-fake", since, slurm_project))
-    first = start(slurm_project, "sleep_briefly")
+    first = start(slurm_project, "wait_for_go")
     job_id = running_job(slurm_project)
     first.kill()  # SIGKILL: no chance to cancel, as with a dropped SSH session
     first.communicate()
     assert squeue_state(job_id) == "RUNNING"
-    second = start(slurm_project, "sleep_briefly")
-    _, err = second.communicate(timeout=300)
+    log = tmp_path / "second.err"
+    second = start_logged(slurm_project, "wait_for_go", log)
+    wait_for(lambda: "reattached" in log.read_text() or second.poll() is not None, timeout=120)
+    let_go(slurm_project)  # the job ends only once the second launcher watches it
+    second.communicate(timeout=300)
+    err = log.read_text()
     assert second.returncode == 0, err
     assert f"reattached to job {job_id}" in err
+    assert sacct_row(job_id, timeout_s=60)[0] == "COMPLETED"  # so in the database jobs_named reads
     assert [j for j in jobs_named("hpcpipe-fake", since, slurm_project) if j not in earlier] == [job_id]
     assert (slurm_project / "out" / "result.txt").read_text() == "done"
 
 
-def test_a_changed_stage_cancels_the_stale_job_and_submits_anew(slurm_project: Path):
-    first = start(slurm_project, "sleep_briefly")
-    wait_for(lambda: ledger_job(slurm_project) is not None, timeout=60)
-    stale = ledger_job(slurm_project)
+def test_a_changed_stage_cancels_the_stale_job_and_submits_anew(slurm_project: Path, tmp_path: Path):
+    first = start(slurm_project, "wait_for_go")
+    stale = running_job(slurm_project)
+    wait_for(lambda: (slurm_project / "job.pid").exists(), timeout=60)
+    stale_pid = int((slurm_project / "job.pid").read_text())
     first.kill()
     first.communicate()
     (slurm_project / "source.txt").write_text("a different input\n")  # the same cmd, another dep
-    second = start(slurm_project, "sleep_briefly")
-    _, err = second.communicate(timeout=300)
+    log = tmp_path / "second.err"
+    second = start_logged(slurm_project, "wait_for_go", log)
+    wait_for(lambda: "cancelled job" in log.read_text() or second.poll() is not None, timeout=120)
+    # the new job may finish once the stale one can no longer (its process gone)
+    wait_for(lambda: not pid_alive(stale_pid), timeout=60, what="the stale job's process to end")
+    let_go(slurm_project)
+    second.communicate(timeout=300)
+    err = log.read_text()
     assert second.returncode == 0, err
     assert f"cancelled job {stale}" in err
     assert sacct_row(stale)[0].startswith("CANCELLED")
@@ -142,15 +164,21 @@ def test_a_command_stage_exits_with_its_commands_status_and_stderr(slurm_project
 
 
 def test_a_command_stage_cut_by_its_time_limit_saves_requeues_and_resumes(slurm_project: Path):
-    """Slurm's warning before the time limit reaches the command as SIGTERM (the profile's
-    `forward`); it saves into HPCPIPE_CHECKPOINT_DIR and exits, the job is requeued (same
-    id), and the next attempt of the same command finds what it saved."""
+    """Slurm's warning before the time limit (sent by the test once the command runs: see
+    ``send_warning``) reaches the command as SIGTERM (the profile's `forward`); it saves
+    into HPCPIPE_CHECKPOINT_DIR and exits, the job is requeued (same id), and the next
+    attempt of the same command finds what it saved."""
     command = ["python", "fake_stages.py", "save-at-warning", "out/resumed.txt"]
     args = add_command_stage(slurm_project, "long", command, outs=["out/resumed.txt"])
     driver = launch(slurm_project, args, {"HPCPIPE_CLUSTER": "testcluster-1min"})
+    # the command writes command.pid once it handles SIGTERM: then the warning (see send_warning)
+    wait_for(lambda: (slurm_project / "command.pid").exists() or driver.poll() is not None, timeout=300)
+    job_id = ledger_job(slurm_project, "long")
+    assert job_id is not None, driver.communicate()
+    send_warning(job_id)
     _, err = driver.communicate(timeout=400)
     assert driver.returncode == 0, err
-    job_id = ledger_job(slurm_project, "long")
+    assert ledger_job(slurm_project, "long") == job_id
     shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
     assert int(re.search(r"Restarts=(\d+)", shown).group(1)) >= 1
     assert (slurm_project / "out" / "resumed.txt").read_text() == "resumed: saved at SIGTERM"
@@ -162,13 +190,10 @@ def test_repro_sbatch_runs_every_stage_inline_in_one_allocation(project: Path, s
     (project / "slurm" / "repro.sbatch").write_text((REPO / "slurm" / "repro.sbatch").read_text())
     subprocess.run(["dvc", "add", "-q", "data/raw"], cwd=project, check=True)
     since = now()
-    job_id = subprocess.run(
-        ["sbatch", "--parsable", "--wait", "slurm/repro.sbatch"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    ).stdout.strip()
+    submit = ["sbatch", "--parsable", "slurm/repro.sbatch"]
+    job_id = subprocess.run(submit, cwd=project, capture_output=True, text=True, check=True).stdout.strip()
+    # not `sbatch --wait`: it asks Slurm after 2, 10, 42, 74... s, so a 15 s job took 42
+    wait_for(lambda: squeue_state(job_id) == "", timeout=900, what=f"job {job_id} to end")
     log = (project / f"hpcpipe-repro-{job_id}.out").read_text()
     assert sacct_row(job_id)[0] == "COMPLETED", log
     assert all(f"Running stage '{s}'" in log for s in ("prepare", "train", "evaluate")), log

@@ -73,9 +73,18 @@ def forget_output(params, *, source: Path, result: Path, report: Path) -> dict:
 
 
 @stage_function(schema=SCHEMA)
-def sleep_briefly(params, *, source: Path, result: Path, report: Path) -> dict:
-    """Long enough to kill the launcher while the job runs, short enough for a test."""
-    return _work_then_write(20, result, report, "done")
+def wait_for_go(params, *, source: Path, result: Path, report: Path) -> dict:
+    """Runs until the test creates the file ``go`` in the project (at most 120 s), then
+    writes both outputs ("done"): the test kills a launcher, starts another, or requeues
+    the job while it runs, and lets it finish then, without waiting a fixed time. Its pid
+    is in job.pid, as ``_work_then_write``'s."""
+    Path("job.pid").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while not Path("go").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    result.write_text("done")
+    report.mkdir()
+    return {}
 
 
 @stage_function(schema=SCHEMA)
@@ -184,6 +193,7 @@ def save_at_warning(out: str) -> int:
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, save)
+    Path("command.pid").write_text(str(os.getpid()))  # ready: a test may send the warning now
     print("working until the time limit", flush=True)
     time.sleep(600)
     return 1

@@ -14,7 +14,8 @@ the ``hpcpipe`` command, or ``dvc repro``. The stage's ``cmd`` is exactly that c
 
 Both return the ``hpcpipe`` arguments of the stage's command. ``start(root, "sleep_then_write")``
 declares a fake stage and starts the `hpcpipe` command for it as `dvc repro` does (the
-``slurm_project`` fixture: the same project on the test cluster); ``ledger_job``,
+``slurm_project`` fixture: the same project on the test cluster); ``start_logged`` does
+the same with the launcher's stderr in a file a test reads while it runs; ``ledger_job``,
 ``quoted`` and ``files_containing`` read what a launch left.
 
 For unit tests that call the job side directly, ``fake_spec`` and ``fake_params`` are what
@@ -122,6 +123,18 @@ def start(
         env["PATH"] = f"{shims}{os.pathsep}{os.environ['PATH']}"
     args = add_fake_stage(project, function) if declare else fake_stage_args(function)
     return launch(project, args, env, **popen)
+
+
+def start_logged(project: Path, function: str, log: Path, **kwargs: Any) -> Any:
+    """``start``, with the launcher's stderr written to ``log``: a test waits for a line
+    ("reattached to job ...") before it lets the job go on, and reads all of it at the end."""
+    with log.open("w") as sink:
+        return start(project, function, stderr=sink, **kwargs)
+
+
+def let_go(project: Path) -> None:
+    """Lets ``fake_stages.wait_for_go`` finish: creates the file it waits for."""
+    (project / "go").touch()
 
 
 @pytest.fixture

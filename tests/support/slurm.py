@@ -6,7 +6,8 @@ started it. Without Slurm installed (slurm/testcluster/install, as root) the
 tests that use it skip, except under CI, where they fail.
 
 `jobs_named`, `squeue_state` and `sacct_row` say what Slurm knows of a test's jobs;
-`now` is a start time for `jobs_named`.
+`now` is a start time for `jobs_named`. `send_warning` gives a running job Slurm's
+time-limit warning now, rather than a test waiting for its time limit.
 
 `second_cluster` starts another one beside it, configured otherwise (start's
 ``HPCPIPE_TESTCLUSTER_*`` settings, e.g. ``JOB_REQUEUE="0"``), in its own folder and on
@@ -193,3 +194,13 @@ def running_job(project: Path, stage: str = "fake", timeout_s: float = 60) -> st
     assert job_id is not None
     wait_for(lambda: squeue_state(job_id) == "RUNNING", timeout=timeout_s, what=f"job {job_id} RUNNING")
     return job_id
+
+
+def send_warning(job_id: str, signal_name: str = "USR2") -> None:
+    """Slurm's warning before the time limit, sent now: what ``--signal=USR2@N`` (no ``B:``)
+    makes slurmctld do N seconds before the limit, the signal to every step of the job (the
+    processes submitit runs), not the batch shell. A test sends it once the stage runs
+    rather than waiting a minute or more for a real limit: Slurm checks limits only every
+    30 s, and a minute is its shortest. submitit treats a warning within the first minutes
+    of a job as its time limit (``SignalHandler.has_timed_out``), as it would at the limit."""
+    run("scancel", f"--signal={signal_name}", job_id)

@@ -204,6 +204,12 @@ class LocalWatch:
         return []
 
     def outcome(self) -> Outcome:
+        paths = getattr(self.job, "paths", None)  # None: an inline job, which has no result file
+        if paths is not None and not Path(paths.result_pickle).exists():
+            # A local task writes its result on this machine before its controller ends, so
+            # none now is none ever (cancelled, killed). submitit's result() would wait 15 s
+            # for it, as for a shared filesystem. The job's last stderr line says why.
+            return Outcome(False, "FAILED")
         try:
             self.job.result()
         except Exception as err:  # submitit's own error types, or the stage's for inline
