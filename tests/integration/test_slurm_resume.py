@@ -45,9 +45,11 @@ from tests.support.slurm import second_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-# The fast recipe, narrow, on the fixture's 300 training images: about a second an epoch
-# here, so the job is still training when the test reacts to its first checkpoint.
-RECIPE = {"model": "fast", "width": 0.25, "batch_size": 50, "lr": 0.5, "epochs": 10}
+# The fast recipe, narrow, on the fixture's 300 training images: 0.3 s an epoch on 2 idle
+# cores, several seconds on a loaded machine. Six epochs: after the first checkpoint five
+# more (>= 1.5 s) keep the job training while the test reacts to it (~0.2 s), and every
+# run (the reference, each resumed one) trains for 6 epochs, not 10.
+RECIPE = {"model": "fast", "width": 0.25, "batch_size": 50, "lr": 0.5, "epochs": 6}
 TRAIN = [
     "run",
     "train",
@@ -101,13 +103,21 @@ def slurm_env(conf: Path | None) -> dict[str, str]:
     return env
 
 
+# One torch thread per task, as a user sets it for a job of `cpus: 1` (the testcluster
+# profile's) where Slurm binds no CPUs (TaskPlugin=task/none here): the job's environment
+# comes from the launcher's (sbatch --export=ALL). With torch's default, one thread per
+# core, every epoch waits on a thread that shares its core with something else: the
+# other rank of a two-task job, the launcher, another test; seen 0.3 s -> 7 s an epoch.
+JOB_ENV = {"OMP_NUM_THREADS": "1"}
+
+
 def hpcpipe(
     root: Path, *args: str, conf: Path | None = None, cluster: str = "testcluster"
 ) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "hpcpipe", *args],
         cwd=root,
-        env={**slurm_env(conf), "HPCPIPE_CLUSTER": cluster},
+        env={**slurm_env(conf), **JOB_ENV, "HPCPIPE_CLUSTER": cluster},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -109,8 +109,9 @@ def test_each_stage_is_one_completed_job_and_a_noop_repro_submits_none(
     assert new_jobs(since, earlier, tutorial_project) == ours
 
 
-# train's 8 epochs at 3 s each: ~25 s of training, long enough to requeue it in the middle
-EPOCH_S = 3
+# train's 8 epochs at 1 s each (a sleep: the same on a loaded machine): after the epoch-2
+# checkpoint the test reacts to, 6 s of training are left to requeue it in the middle
+EPOCH_S = 1
 RESUMED = re.compile(r"^train: resuming after epoch (\d+) from ", re.MULTILINE)
 EPOCH_LINE = re.compile(r"^epoch (\d+)/8: loss ", re.MULTILINE)
 
