@@ -103,21 +103,13 @@ def slurm_env(conf: Path | None) -> dict[str, str]:
     return env
 
 
-# One torch thread per task, as a user sets it for a job of `cpus: 1` (the testcluster
-# profile's) where Slurm binds no CPUs (TaskPlugin=task/none here): the job's environment
-# comes from the launcher's (sbatch --export=ALL). With torch's default, one thread per
-# core, every epoch waits on a thread that shares its core with something else: the
-# other rank of a two-task job, the launcher, another test; seen 0.3 s -> 7 s an epoch.
-JOB_ENV = {"OMP_NUM_THREADS": "1"}
-
-
 def hpcpipe(
     root: Path, *args: str, conf: Path | None = None, cluster: str = "testcluster"
 ) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "hpcpipe", *args],
         cwd=root,
-        env={**slurm_env(conf), **JOB_ENV, "HPCPIPE_CLUSTER": cluster},
+        env={**slurm_env(conf), "HPCPIPE_CLUSTER": cluster},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -53,6 +53,7 @@ from typing import Any
 
 from hpcpipe.console import say
 from hpcpipe.launch import completion, distributed
+from hpcpipe.launch.cpu_threads import size_math_threads
 from hpcpipe.launch.host_memory import tune_host_allocator
 from hpcpipe.launch.ranks import WATCH_S, RankBoard, worst
 from hpcpipe.launch.termination import TerminationWatch
@@ -128,6 +129,7 @@ class CommandRunner:
     def __call__(self, job: CommandJob) -> int:
         os.chdir(job.workdir)
         tune_host_allocator()
+        size_math_threads(os.environ)  # the command inherits it (see cpu_threads)
         Path(job.checkpoint_dir).mkdir(parents=True, exist_ok=True)
         env = {"HPCPIPE_STAGE": job.stage, "HPCPIPE_CHECKPOINT_DIR": job.checkpoint_dir}
         place = distributed.placement(os.environ)

@@ -58,6 +58,7 @@ from typing import Any
 from hpcpipe.console import say
 from hpcpipe.files import TEMP_MARK
 from hpcpipe.launch import completion, distributed
+from hpcpipe.launch.cpu_threads import size_math_threads
 from hpcpipe.launch.host_memory import tune_host_allocator
 from hpcpipe.launch.publish import Publisher, remove_path, remove_stale_staging, staging_path
 from hpcpipe.launch.ranks import RankBoard, worst
@@ -174,6 +175,7 @@ def _run_follower(
     """A rank other than 0: run the function, record how it ended, publish nothing, and
     return normally whatever happened (rank 0 reports it; see ``ranks``)."""
     tune_host_allocator()
+    size_math_threads(os.environ)
     scratch = Path(tempfile.mkdtemp(prefix=f"hpcpipe-{spec.name}-rank{board.placement.rank}-"))
     try:
         func = import_target(spec.target, workdir)
@@ -207,6 +209,7 @@ def _run_and_publish(
     publisher = Publisher(Path.cwd(), spec.name)  # run_stage chdir-ed into the workdir
     publisher.recover()  # before anything else: a publication a kill cut short is rolled back
     tune_host_allocator()  # before the stage imports torch: see host_memory
+    size_math_threads(os.environ)  # likewise: see cpu_threads
     func = import_target(spec.target, workdir)
     token = f"{os.getpid()}-{int(time.time())}"
     staged: dict[str, Path] = {}

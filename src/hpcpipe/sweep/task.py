@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hpcpipe.launch.cpu_threads import size_math_threads
+
 
 def task_env(workspace: Path, environ: dict[str, str]) -> dict[str, str]:
     """The environment for ``dvc repro`` in the point's workspace.
@@ -33,9 +35,7 @@ def task_env(workspace: Path, environ: dict[str, str]) -> dict[str, str]:
     src = workspace / "src"
     if src.is_dir():
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), environ.get("PYTHONPATH", "")) if p)
-    threads = environ.get("SLURM_CPUS_PER_TASK") or environ.get("HPCPIPE_POINT_THREADS")
-    if threads:
-        env.setdefault("OMP_NUM_THREADS", threads)
+    size_math_threads(env, fallback=environ.get("HPCPIPE_POINT_THREADS"))
     return env
 
 
