@@ -317,3 +317,42 @@ def test_the_profile_sets_how_often_a_timed_out_job_is_requeued(tmp_path):
     assert shipped.max_timeouts == 10  # submitit's own default, 3, fails a run of 5 time limits
     executor = make_executor(dataclasses.replace(shipped, max_timeouts=7), "train", tmp_path)
     assert executor.max_num_timeout == 7
+
+
+@pytest.mark.slow  # real training, a few seconds
+def test_sigterm_stops_the_train_stage_at_the_next_step_with_its_state_saved(
+    prepared_sample: Path, make_params, tmp_path: Path, monkeypatch
+):
+    """What ``scontrol requeue`` and ``scancel`` send, KillWait before SIGKILL: the stage stops
+    at the next step and saves there (the requeued job resumes mid-epoch, not from the last
+    epoch), and the handler before it (the job side's TerminationWatch: publish nothing;
+    here a recorder) hears the signal at once, not when training has stopped."""
+    import signal
+
+    from hpcpipe.ml import loader, training
+    from hpcpipe.stages.train import train
+
+    heard: list[tuple[int, int]] = []
+    real_epoch = loader.BatchLoader.epoch
+    trained = {"batches": 0}
+
+    def epoch(self, number, start=0):
+        for i, batch in enumerate(real_epoch(self, number, start), start):
+            yield batch
+            trained["batches"] += 1
+            if (number, i) == (0, 2):  # batch 3 of epoch 1 is trained
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loader.BatchLoader, "epoch", epoch)
+    params = make_params(train={"model": "tutorial", "epochs": 2, "batch_size": 100, "lr": 0.05})
+    before = signal.signal(signal.SIGTERM, lambda signum, _frame: heard.append((signum, trained["batches"])))
+    checkpoint = tmp_path / "train.pt"
+    try:
+        with pytest.raises(training.Stopped, match="in epoch 1, after batch 4"):
+            train(params, prepared=prepared_sample, model=tmp_path / "model.pt", metrics=tmp_path / "m.json",
+                  history=tmp_path / "h.csv", checkpoint=checkpoint)  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert heard == [(signal.SIGTERM, 3)]  # passed on as it came, before the next batch was trained
+    assert torch.load(checkpoint, weights_only=False)["partial"]["batches"] == 4
+    assert not (tmp_path / "model.pt").exists()  # a stopped run writes no outputs

@@ -17,6 +17,7 @@ Signal handlers can only be set from the main thread; elsewhere the watch is ine
 
 from __future__ import annotations
 
+import os
 import signal
 from types import FrameType
 
@@ -41,3 +42,31 @@ class WarningSignal(SignalWatch):
     def __exit__(self, *exc: object) -> None:
         if self.restore() and self.received and callable(self.previous):
             self.previous(self.signum, self._frame)  # submitit's: requeue (rank 0) and exit
+
+
+class EndSignal(SignalWatch):
+    """SIGTERM as a stop request for the training loop, passed on at once.
+
+    Slurm sends SIGTERM ``KillWait`` seconds (30 on many sites) before SIGKILL when it
+    ends a job without a warning: ``scontrol requeue``, ``scancel``, a preemption or a
+    time limit where no ``--signal`` was asked for. Without this the loop trains on
+    until it is killed, and the next attempt resumes from the last epoch's checkpoint;
+    with it the ranks stop at the next step they agree on and rank 0 saves there, as at
+    the warning (``WarningSignal``). Unlike the warning, the signal also goes at once to
+    the handler before (the job side's ``TerminationWatch``: nothing is published; in a
+    plain process, the default: death), so an ended job is never mistaken for a live one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(signal.SIGTERM)
+
+    def requested(self) -> bool:
+        return self.received
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.received = True
+        if callable(self.previous):
+            self.previous(signum, frame)
+        elif self.previous in (signal.SIG_DFL, None):
+            self.restore()
+            os.kill(os.getpid(), signum)

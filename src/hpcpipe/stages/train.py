@@ -11,7 +11,9 @@ Prints one line per epoch (and logs it to the stage's W&B run when there is one)
 With ``checkpoint`` (the job side passes one, keyed by the stage's fingerprint), the
 training state is saved after every epoch and a requeued job resumes from it; at
 Slurm's warning signal it stops at the next step, saves there and hands the signal
-to submitit, which requeues the job (``hpcpipe.ml.stopping``).
+to submitit, which requeues the job; at SIGTERM (``scontrol requeue``, ``scancel``, an
+end without a warning) it stops and saves the same way within Slurm's KillWait
+(``hpcpipe.ml.stopping``).
 
 Several tasks (the job side sets torchrun's ``RANK``, ``WORLD_SIZE``... in each):
 DistributedDataParallel over them (``hpcpipe.ml.distributed``), ``train.batch_size``
@@ -23,6 +25,7 @@ prints, logs to W&B and writes the model, metrics, history and checkpoint.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +35,6 @@ from hpcpipe.stage_function import stage_function
 
 if TYPE_CHECKING:
     from hpcpipe.ml.distributed import Ranks
-    from hpcpipe.ml.stopping import WarningSignal
     from hpcpipe.ml.training import EpochStats
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "lr", "images_per_s")
@@ -51,7 +53,7 @@ def train(
     # torch and the recipe are imported here, in the job: the launcher imports this module
     # on the login node only to read the declaration above (see hpcpipe.stage_function)
     from hpcpipe.ml.distributed import read_env, session
-    from hpcpipe.ml.stopping import WarningSignal
+    from hpcpipe.ml.stopping import EndSignal, WarningSignal
 
     tasks = read_env().world_size  # checked before joining the others: a refusal must not hang
     if params.train.batch_size % tasks:
@@ -59,14 +61,18 @@ def train(
             f"train.batch_size: {params.train.batch_size} does not split evenly over this job's {tasks} "
             f"tasks; make it a multiple of {tasks} (it is the global batch)"
         )
-    with session() as ranks, WarningSignal() as warning:
-        return _train(params.train, ranks, warning, prepared, model, metrics, history, checkpoint)
+    with session() as ranks, WarningSignal() as warning, EndSignal() as ending:
+
+        def stop() -> bool:
+            return warning.requested() or ending.requested()
+
+        return _train(params.train, ranks, stop, prepared, model, metrics, history, checkpoint)
 
 
 def _train(
     p: TrainParams,
     ranks: Ranks,
-    warning: WarningSignal,
+    stop: Callable[[], bool],
     prepared: Path,
     model: Path,
     metrics: Path,
@@ -102,7 +108,7 @@ def _train(
     # with a checkpoint, fit resumes from it (and says so) or sets an unusable one aside
     stats = fit(
         *run, epochs=p.epochs, device=ranks.device, on_epoch=report, checkpoint=checkpoint,
-        ranks=ranks, stop=warning.requested,
+        ranks=ranks, stop=stop,
     )  # fmt: skip
     seconds = sum(s.seconds for s in stats)
     result = {
