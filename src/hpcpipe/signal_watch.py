@@ -12,6 +12,7 @@ launcher must not pull in the job side's imports, nor the job side the launcher'
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
@@ -41,6 +42,16 @@ class SignalWatch:
 
     def __exit__(self, *exc: object) -> None:
         self.restore()
+
+    def pass_on(self, signum: int, frame: FrameType | None) -> None:
+        """Do what ``signum`` would have done without this watch: call the handler before it,
+        or, where that was the default (or one not set from Python), take the default now."""
+        if callable(self.previous):
+            self.previous(signum, frame)
+        elif self.previous in (signal.SIG_DFL, None):
+            signal.signal(signum, signal.SIG_DFL)
+            self._installed = False
+            os.kill(os.getpid(), signum)
 
     def restore(self) -> bool:
         """Give the signal back to ``previous``; whether this watch had taken it."""

@@ -50,12 +50,7 @@ class TerminationWatch(SignalWatch):
             # write to stderr, where print would raise (reentrant call)
             line = f"hpcpipe: {self.what}: SIGTERM received ({WHY}): its outputs will not be published\n"
             os.write(2, line.encode())
-        previous = self.previous
-        if callable(previous):
-            previous(signum, frame)
-        elif previous in (signal.SIG_DFL, None):  # what SIGTERM would have done without us
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+        self.pass_on(signum, frame)  # what SIGTERM would have done without us
 
     def check(self) -> None:
         """Raise ``Terminated`` if SIGTERM came: what the job does instead of publishing."""

@@ -17,7 +17,6 @@ Signal handlers can only be set from the main thread; elsewhere the watch is ine
 
 from __future__ import annotations
 
-import os
 import signal
 from types import FrameType
 
@@ -65,8 +64,4 @@ class EndSignal(SignalWatch):
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.received = True
-        if callable(self.previous):
-            self.previous(signum, frame)
-        elif self.previous in (signal.SIG_DFL, None):
-            self.restore()
-            os.kill(os.getpid(), signum)
+        self.pass_on(signum, frame)
