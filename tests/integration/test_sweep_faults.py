@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -198,6 +199,39 @@ def test_an_sbatch_refusal_is_one_line_and_removes_the_worktrees(
     again = run_cli("sweep", "-S", "train.lr=0.1,0.2", "--name", unique_name, "--detach", cwd=root)
     assert again.returncode == 0, again.stderr
     subprocess.run(["scancel", "--name", f"hpcpipe-sweep-{unique_name}"], check=False)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_an_array_that_cannot_be_recorded_is_cancelled_not_left_running(
+    tutorial_project: Path, slurm_cluster, monkeypatch, unique_name: str
+):
+    """A real write failure after a real sbatch: the ledger entry's path is a directory, so
+    the rename fails. The array Slurm queued is cancelled and the sweep says so, in one
+    line, instead of calling it refused and removing the workspaces under a running array."""
+    root = tutorial_project
+    monkeypatch.setenv("HPCPIPE_CLUSTER", "testcluster")
+    (root / ".hpcpipe" / "jobs" / "ledger" / f"sweep-{unique_name}.json").mkdir(parents=True)
+    done = run_cli("sweep", "-S", "train.lr=0.1,0.2", "--name", unique_name, cwd=root)
+    try:
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr and "refused" not in done.stderr, done.stderr
+        (line,) = [line for line in done.stderr.splitlines() if "cannot record" in line]
+        array = re.search(r"cannot record job (\d+) ", line).group(1)
+        assert line.endswith(
+            f"; cancelled job {array} rather than leave it running untracked; nothing is queued, "
+            "and its workspaces were removed"
+        ), line
+        assert worktrees(root) == 1 and not record.sweep_dir(root, unique_name).exists()
+        deadline = time.monotonic() + 60
+        jobs = slurm_jobs(f"hpcpipe-sweep-{unique_name}")
+        while not jobs or not all(state.startswith("CANCELLED") for state in jobs.values()):
+            assert time.monotonic() < deadline, jobs
+            time.sleep(1)
+            jobs = slurm_jobs(f"hpcpipe-sweep-{unique_name}")
+        assert {job.split("_")[0] for job in jobs} == {array}  # the array it queued, and only that
+    finally:
+        subprocess.run(["scancel", "--name", f"hpcpipe-sweep-{unique_name}"], check=False)
 
 
 @pytest.mark.slurm

@@ -253,7 +253,7 @@ def test_no_attempt_is_uploaded_while_slurm_still_has_its_job(
         assert not (requeued / LIVE_MARKER).exists()
 
         code, out = sync(capsys=capsys)
-        assert code == 0 and out[-1] == "synced 0, failed 0, skipped 2"
+        assert code == 0 and out[-1] == "synced 0, failed 0, skipped 2", out  # all of it: which run, why
         assert f"skipped {requeued.name}: Slurm still has job {plain}" in out
         assert f"skipped {killed.name}: Slurm still has job {array}_1" in out
         assert calls(fake_wandb) == []

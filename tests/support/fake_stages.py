@@ -96,6 +96,19 @@ def told_to_stop(params, *, source: Path, result: Path, report: Path) -> dict:
 
 
 @stage_function(schema=SCHEMA)
+def stop_at_warning(params, *, source: Path, result: Path, report: Path) -> dict:
+    """Gets Slurm's warning (USR2) while it trains and stops as ``training.fit`` does:
+    under ``ml.stopping.WarningSignal``, raising once the warning came."""
+    from hpcpipe.ml.stopping import WarningSignal
+
+    with WarningSignal() as warning:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        if warning.requested():
+            raise RuntimeError("stopped at the warning signal in epoch 1, after batch 3")
+    return write_outputs(params, source=source, result=result, report=report)
+
+
+@stage_function(schema=SCHEMA)
 def write_then_wait_for_go(params, *, source: Path, result: Path, report: Path) -> dict:
     """Writes both outputs, then waits (at most 60 s) for the file ``go`` in the project
     before returning: the window in which a test cancels the job."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
 
 from hpcpipe.config import TrainParams
-from hpcpipe.launch.job import run_stage, staging_path
+from hpcpipe.launch.distributed import Placement
+from hpcpipe.launch.job import _run_follower, run_stage, staging_path
+from hpcpipe.launch.ranks import RankBoard
 from tests.support import REPO
 from tests.support.launch_project import FAKE_PATHS as PATHS
 from tests.support.launch_project import fake_params
@@ -105,3 +108,32 @@ def test_log_follower_keeps_lines_and_characters_whole_across_reads(tmp_path):
     log.write_bytes(encoded + b"ch 2")
     follower.pump(final=True)
     assert out.getvalue() == "epoch 1 ✓\nepoch 2\n"
+
+
+@pytest.mark.parametrize(
+    ("stage", "warned", "why"),
+    [
+        ("stop_at_warning", True, "ended at the warning (raised RuntimeError: stopped at the warning"),
+        ("fail_halfway", False, "raised RuntimeError: the stage broke on purpose"),
+    ],
+)
+def test_a_rank_that_stops_at_the_warning_is_not_a_failed_rank(
+    stage, warned, why, workdir, params, monkeypatch, tmp_path
+):
+    """Rank 1 of 2 stops at Slurm's warning as the training loop does (raising), and its end
+    is recorded as at the warning, not as a failure that rank 0 would report; an error
+    without the warning still is one. The handler before (submitit's, which on a rank
+    other than 0 only logs) is a no-op here and must still be called."""
+    monkeypatch.chdir(REPO)
+    heard: list[int] = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: heard.append(signum))
+    try:
+        board = RankBoard(tmp_path / "ranks", Placement(1, 2, 1, 2, "localhost", 15000, node="n1"))
+        assert _run_follower(spec(stage), params, PATHS, str(workdir), None, board) == {}
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    end = board.ends()[1]
+    assert (end.warned, end.failed) == (warned, not warned)
+    assert end.why.startswith(why)
+    assert heard == ([signal.SIGUSR2] if warned else [])
+    assert not (workdir / "out").exists()  # a follower publishes nothing

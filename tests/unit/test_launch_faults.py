@@ -202,3 +202,26 @@ def test_a_cancel_that_times_out_or_is_refused_is_said_never_done(tmp_path: Path
     refusal = "scancel: error: Kill job error on job id 42: Access/permission denied"
     scancel.write_text(f"#!/bin/sh\necho '{refusal}' >&2\nexit 1\n")
     assert launcher._cancel(watch.SlurmWatch(job)) == f"Slurm refused to cancel job 42: {refusal}"
+
+
+def test_a_job_that_can_be_neither_recorded_nor_cancelled_says_what_to_do(tmp_path: Path):
+    """The ledger cannot be written (its entry's path is a directory) and the cancel fails
+    too: the error says the job may still run and how to find and cancel it, and says the
+    job was not cancelled, so a sweep keeps the workspaces such a job would run in. The
+    cancel's failure is given, not caused: the real scancel refusal is in test_slurm_faults."""
+    from hpcpipe.config import load_profile
+    from hpcpipe.launch.submission import Unrecorded, ledger_for, record_or_cancel
+
+    profile = load_profile("local", tmp_path)
+    (ledger_for(tmp_path, profile).folder / "sweep-s.json").mkdir(parents=True)
+    refused = "Slurm refused to cancel job 77: scancel: error: Access/permission denied"
+    with pytest.raises(Unrecorded) as caught:
+        record_or_cancel(tmp_path, profile, _entry(tmp_path, stage="sweep-s", job_id="77_0"), lambda: refused)
+    assert not caught.value.cancelled
+    message = str(caught.value)
+    assert message.startswith("sweep-s: cannot record job 77 in ") and f", and {refused}: " in message
+    assert message.endswith("it may still run; check `squeue -j 77` and `scancel 77`")
+    with pytest.raises(Unrecorded) as caught:
+        record_or_cancel(tmp_path, profile, _entry(tmp_path, stage="sweep-s", job_id="77_0"), lambda: None)
+    assert caught.value.cancelled
+    assert str(caught.value).endswith("; cancelled job 77 rather than leave it running untracked")

@@ -61,7 +61,7 @@ from hpcpipe.launch import completion, distributed
 from hpcpipe.launch.cpu_threads import size_math_threads
 from hpcpipe.launch.host_memory import tune_host_allocator
 from hpcpipe.launch.publish import Publisher, remove_path, remove_stale_staging, staging_path
-from hpcpipe.launch.ranks import RankBoard, worst
+from hpcpipe.launch.ranks import RankBoard, WarningHeard, worst
 from hpcpipe.launch.spec import StageSpec
 from hpcpipe.launch.termination import TerminationWatch
 from hpcpipe.stage_function import import_target
@@ -152,6 +152,8 @@ def run_stage(
     without one (or with W&B disabled in params) nothing is tracked.
     """
     os.chdir(workdir)
+    tune_host_allocator()  # before the stage imports torch, on every rank: see host_memory
+    size_math_threads(os.environ)  # likewise: see cpu_threads
     place = distributed.placement(os.environ)
     if place is not None:
         os.environ.update(place.env())  # before the function imports torch.distributed
@@ -174,9 +176,8 @@ def _run_follower(
 ) -> dict[str, Any]:
     """A rank other than 0: run the function, record how it ended, publish nothing, and
     return normally whatever happened (rank 0 reports it; see ``ranks``)."""
-    tune_host_allocator()
-    size_math_threads(os.environ)
     scratch = Path(tempfile.mkdtemp(prefix=f"hpcpipe-{spec.name}-rank{board.placement.rank}-"))
+    warning = WarningHeard()
     try:
         func = import_target(spec.target, workdir)
         kwargs: dict[str, Any] = {
@@ -186,10 +187,15 @@ def _run_follower(
         if spec.resumable:
             fp = context.fingerprint if context else "direct"
             kwargs["checkpoint"] = checkpoint_file(spec, workdir, fp, clean=False)
-        metrics = func(params, **kwargs)
+        with warning:
+            metrics = func(params, **kwargs)
     except Exception as err:  # recorded for rank 0, which fails the job with it
+        why = f"raised {type(err).__name__}: {err}".splitlines()[0]
+        if warning.received:  # stopped at the warning as rank 0 did: the job is requeued
+            board.record(1, f"ended at the warning ({why})", warned=True)
+            return {}
         traceback.print_exc(file=sys.stderr)
-        board.record(1, f"raised {type(err).__name__}: {err}".splitlines()[0])
+        board.record(1, why)
         return {}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -208,8 +214,6 @@ def _run_and_publish(
 ) -> dict[str, Any]:
     publisher = Publisher(Path.cwd(), spec.name)  # run_stage chdir-ed into the workdir
     publisher.recover()  # before anything else: a publication a kill cut short is rolled back
-    tune_host_allocator()  # before the stage imports torch: see host_memory
-    size_math_threads(os.environ)  # likewise: see cpu_threads
     func = import_target(spec.target, workdir)
     token = f"{os.getpid()}-{int(time.time())}"
     staged: dict[str, Path] = {}

@@ -17,9 +17,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import dataclasses
-import io
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,11 +36,13 @@ from hpcpipe.launch.profiles import resumable
 from hpcpipe.launch.submission import (
     SubmitRefused,
     Unrecorded,
+    cancel_problem,
     job_folder,
-    last_line,
     ledger_entry,
     ledger_for,
     prepared_executor,
+    record_or_cancel,
+    refusal_in_one_line,
     refuse_open_project,
     resources_digest,
 )
@@ -226,29 +226,15 @@ def _submit_recorded(root: Path, profile: Profile, work: Work, kind: Backend) ->
     """Submit, and record the job in the ledger; a job that cannot be recorded is cancelled."""
     folder = job_folder(root, profile, work.name)
     executor = prepared_executor(profile, work.name, folder, requeue=resumable(work.function))
-    from submitit.core.utils import FailedJobError
-
-    # submitit prints sbatch's complaint before raising it: kept here and said once, as one
-    # line; what it prints on success goes on to stderr. Not inline, where "submitting" runs
-    # the stage itself, whose stderr is the user's to see as it comes.
-    chatter = io.StringIO()
     try:
-        with contextlib.nullcontext() if kind.runs_in_this_process else contextlib.redirect_stderr(chatter):
+        # not quiet inline, where "submitting" runs the stage itself
+        with refusal_in_one_line(quiet=not kind.runs_in_this_process):
             job = executor.submit(work.function, *work.args)
-    except (FailedJobError, subprocess.SubprocessError) as err:
-        raise SubmitRefused(
-            f"{work.name}: the scheduler refused the job, nothing was queued: {last_line(str(err))}"
-        ) from None
-    sys.stderr.write(chatter.getvalue())
-    try:
-        ledger_for(root, profile).put(ledger_entry(work.name, job, profile, work.fingerprint, folder))
-    except OSError as err:
-        problem = _cancel(kind.watch(job))
-        fate = f"cancelled job {job.job_id}" if problem is None else f"and {problem}"
-        raise Unrecorded(
-            f"{work.name}: cannot record job {job.job_id} in {ledger_for(root, profile).folder} ({err}); "
-            f"{fate} rather than leave it running untracked"
-        ) from None
+    except SubmitRefused as refused:
+        why = f"{work.name}: the scheduler refused the job, nothing was queued: {refused}"
+        raise SubmitRefused(why) from None
+    entry = ledger_entry(work.name, job, profile, work.fingerprint, folder)
+    record_or_cancel(root, profile, entry, lambda: _cancel(kind.watch(job)))
     return job
 
 
@@ -257,16 +243,7 @@ def _cancel(watcher: Any) -> str | None:
     Ctrl-C meanwhile is answered, not obeyed (see ``interrupts``)."""
     job_id = watcher.job.job_id
     with signals_noted(lambda _s: say(f"already cancelling job {job_id}; one moment")):
-        try:
-            watcher.cancel()
-        except subprocess.CalledProcessError as err:
-            why = (err.stderr or "").strip().splitlines()
-            return f"Slurm refused to cancel job {job_id}: {why[-1] if why else f'exit {err.returncode}'}"
-        except subprocess.TimeoutExpired:
-            return f"cancelling job {job_id} timed out (Slurm not answering)"
-        except OSError as err:
-            return f"cannot cancel job {job_id}: {err}"
-    return None
+        return cancel_problem(job_id, watcher.cancel)
 
 
 def _cant_cancel(work: Work, job: Any, problem: str) -> int:

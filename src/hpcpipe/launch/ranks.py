@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import FrameType
 
 from hpcpipe.files import write_json_atomically
 from hpcpipe.launch.distributed import Placement
+from hpcpipe.signal_watch import SignalWatch
 
 # How often the folder is listed: while a rank waits for the others' ends, and while its
 # command runs (another rank's failure). On Lustre every listing is a metadata request of
@@ -113,3 +116,22 @@ def worst(ends: dict[int, RankEnd]) -> RankEnd | None:
     if not failed:
         return None
     return max(failed, key=lambda end: (end.code, -end.rank))
+
+
+class WarningHeard(SignalWatch):
+    """Whether Slurm's warning (submitit's USR2) came while a rank other than 0 ran its function.
+
+    The training loop takes the warning for itself (``ml.stopping``), stops at a step
+    the ranks agree on and raises; on rank 0 submitit then requeues the job, on the
+    others the function's error would read as a failed rank on the attempt's board.
+    Watched under the function's own handler, the warning is heard here when that
+    handler hands it on, and the rank is recorded as ended at the warning. The signal
+    then goes on to the handler before (submitit's, which on these ranks does nothing).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(signal.SIGUSR2)
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.received = True
+        self.pass_on(signum, frame)

@@ -5,16 +5,23 @@ through ``prepared_executor``: the site's account check, no secrets and no inher
 SLURM_* variables passed on, the profile's resources; and record what was queued in the
 project's ledger (``ledger_entry``, with ``resources_digest``: what the scheduler was
 asked for). Job folders hold pickles that run code when loaded, so they are owner-only
-(``private_folder``). A scheduler's refusal is one line, its own reason (``last_line``).
+(``private_folder``). A scheduler's refusal is one line, its own reason
+(``refusal_in_one_line``); a job that was queued but cannot be recorded is cancelled
+(``record_or_cancel``), so nothing runs that no command of hpcpipe knows about.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
+import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +82,12 @@ def resources_digest(profile: Profile, stage: str) -> str:
 
 
 class Unrecorded(ConfigError):
-    """A job was submitted but could not be put in the ledger (and was cancelled)."""
+    """A job was queued but could not be put in the ledger; ``cancelled``: and it was
+    cancelled (else the message says how to find and cancel it)."""
+
+    def __init__(self, message: str, cancelled: bool = True) -> None:
+        super().__init__(message)
+        self.cancelled = cancelled
 
 
 class SubmitRefused(Unrecorded):
@@ -100,16 +112,79 @@ def submit_array(
     after: str | None = None,
 ) -> list[Any]:
     """The same path for a job array (a sweep): ONE sbatch, at most ``at_once`` tasks running;
-    ``after``: a job (array) id whose end, whatever its outcome, this array waits for."""
+    ``after``: a job (array) id whose end, whatever its outcome, this array waits for.
+    Raises ``SubmitRefused`` (nothing queued) or ``Unrecorded`` (queued, then cancelled)."""
     refuse_open_project(root, profile)
     private_folder(folder, root)
     executor = prepared_executor(profile, name, folder, requeue=resumable(function))
     executor.update_parameters(
         array_parallelism=at_once, **({"dependency": f"afterany:{after}"} if after else {})
     )
-    jobs = executor.map_array(function, *arg_lists)
-    ledger_for(root, profile).put(ledger_entry(name, jobs[0], profile, "", folder))
+    with refusal_in_one_line():
+        jobs = executor.map_array(function, *arg_lists)
+    array_id = str(jobs[0].job_id).split("_")[0]
+    entry = ledger_entry(name, jobs[0], profile, "", folder)
+    record_or_cancel(root, profile, entry, lambda: _cancel_by_id(profile, array_id))
     return jobs
+
+
+def _cancel_by_id(profile: Profile, job_id: str) -> str | None:
+    """Cancel a job the caller holds no watcher for; None when done, else what went wrong."""
+    return cancel_problem(job_id, lambda: backend(profile.executor).cancel([job_id]))
+
+
+def cancel_problem(job_id: str, cancel: Callable[[], None]) -> str | None:
+    """Run ``cancel`` (scancel, or a local job's kill); None when it worked, else what went
+    wrong, in words: Slurm's own reason where it refused."""
+    try:
+        cancel()
+    except subprocess.CalledProcessError as err:
+        said = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else err.stderr or ""
+        why = said.strip().splitlines()
+        return f"Slurm refused to cancel job {job_id}: {why[-1] if why else f'exit {err.returncode}'}"
+    except subprocess.TimeoutExpired:
+        return f"cancelling job {job_id} timed out (Slurm not answering)"
+    except OSError as err:
+        return f"cannot cancel job {job_id}: {err}"
+    return None
+
+
+@contextlib.contextmanager
+def refusal_in_one_line(quiet: bool = True) -> Iterator[None]:
+    """Around the one call that runs sbatch: a refusal raises ``SubmitRefused`` whose message
+    is the scheduler's reason, one line. submitit prints sbatch's complaint on stderr before
+    it raises: kept here, not said twice; what sbatch prints when it accepts (its warnings)
+    goes on to stderr. ``quiet=False`` where submitting runs the stage itself (the inline
+    executor), whose stderr is the user's to see as it comes."""
+    from submitit.core.utils import FailedJobError
+
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(chatter) if quiet else contextlib.nullcontext():
+            yield
+    except (FailedJobError, subprocess.SubprocessError, FileNotFoundError) as err:
+        raise SubmitRefused(last_line(str(err))) from None  # FileNotFoundError: no sbatch here
+    sys.stderr.write(chatter.getvalue())
+
+
+def record_or_cancel(root: Path, profile: Profile, entry: Entry, cancel: Callable[[], str | None]) -> None:
+    """Put a just-queued job in the ledger; where that fails (a full disk, a quota, a broken
+    folder), ``cancel`` it (None: cancelled; else what went wrong, in words) and raise
+    ``Unrecorded``, rather than leave a job running that nothing tracks."""
+    ledger = ledger_for(root, profile)
+    try:
+        ledger.put(entry)
+    except OSError as err:
+        problem = cancel()
+        job = entry.job_id.split("_")[0]  # a job array: all of it
+        unrecorded = f"{entry.stage}: cannot record job {job} in {ledger.folder} ({err})"
+        if problem is None:
+            fate = f"cancelled job {job} rather than leave it running untracked"
+            raise Unrecorded(f"{unrecorded}; {fate}") from None
+        raise Unrecorded(
+            f"{unrecorded}, and {problem}: it may still run; check `squeue -j {job}` and `scancel {job}`",
+            cancelled=False,
+        ) from None
 
 
 def refuse_open_project(root: Path, profile: Profile) -> None:

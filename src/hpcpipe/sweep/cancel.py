@@ -12,8 +12,9 @@ import subprocess
 from collections.abc import Sequence
 
 from hpcpipe.launch.executors import backend
+from hpcpipe.launch.submission import last_line
 from hpcpipe.sweep.record import Point
-from hpcpipe.sweep.submit import Submitter, last_line
+from hpcpipe.sweep.submit import Submitter
 from hpcpipe.sweep.watch import live
 
 

@@ -34,7 +34,8 @@ EXIT_INTERRUPTED = 130
 def run(root: Path, sweep: Sweep, profile: Profile, points: list[Point], detach: bool) -> int:
     """Submit ``points`` of ``sweep``; unless ``detach``, wait for them and return the exit status.
 
-    A refused submission raises ``submit.SubmitRefused`` (the caller knows what to undo)."""
+    A refused or unrecorded submission raises ``launch.submission.Unrecorded`` (the caller
+    knows what to undo)."""
     submitter = None
     with SignalsAsExceptions():
         try:

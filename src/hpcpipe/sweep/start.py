@@ -28,6 +28,7 @@ from pathlib import Path
 from hpcpipe.config import Profile, load_profile, resolve_profile_name
 from hpcpipe.console import say
 from hpcpipe.launch.executors import backend
+from hpcpipe.launch.submission import SubmitRefused, Unrecorded
 from hpcpipe.stage_function import function_schemas
 from hpcpipe.sweep import drive, freshness, record, snapshot, workspace
 from hpcpipe.sweep.grid import expand_grid, random_subset, validate_points
@@ -35,7 +36,6 @@ from hpcpipe.sweep.pipeline import DvcProject, plan
 from hpcpipe.sweep.points import index_path, make_workspaces, points_of, remove_unsubmitted
 from hpcpipe.sweep.record import Point, Sweep
 from hpcpipe.sweep.report import table
-from hpcpipe.sweep.submit import SubmitRefused
 from hpcpipe.sweep.watch import DONE, NOT_STARTED, final, refresh
 from hpcpipe.validation import ConfigError
 
@@ -117,9 +117,13 @@ def start(root: Path, request: SweepRequest) -> int:
         record.save(root, sweep)
     try:
         return drive.run(root, sweep, profile, sweep.points, request.detach)
-    except SubmitRefused as refused:
+    except Unrecorded as err:
+        if not err.cancelled:  # an array may still run in them: keep the workspaces and the record
+            say(f"sweep {name}: {err}")
+            return drive.EXIT_FAILED
         remove_unsubmitted(root, name, entries)
-        say(f"sweep {name}: {refused}; nothing was submitted, and its workspaces were removed")
+        said = "nothing was submitted" if isinstance(err, SubmitRefused) else "nothing is queued"
+        say(f"sweep {name}: {err}; {said}, and its workspaces were removed")
         return drive.EXIT_FAILED
 
 
@@ -142,8 +146,9 @@ def resume(root: Path, name: str, parallelism: int | None, detach: bool) -> int:
         point.state, point.error = "NEW", ""
     try:
         return drive.run(root, sweep, profile, todo, detach)
-    except SubmitRefused as refused:  # the record on disk still has the points as they were
-        say(f"sweep {name}: {refused}; nothing was submitted; the points stay as they were")
+    except Unrecorded as err:  # the record on disk still has the points as they were
+        said = "nothing was submitted" if isinstance(err, SubmitRefused) else "nothing is queued"
+        say(f"sweep {name}: {err}" + (f"; {said}; the points stay as they were" if err.cancelled else ""))
         return drive.EXIT_FAILED
 
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,14 +21,9 @@ from typing import Protocol
 from hpcpipe.config import Profile
 from hpcpipe.console import say
 from hpcpipe.launch.executors import backend
-from hpcpipe.launch.submission import last_line
+from hpcpipe.launch.submission import SubmitRefused, Unrecorded
 from hpcpipe.sweep import record
 from hpcpipe.sweep.record import Attempt, Point, Sweep
-
-
-class SubmitRefused(Exception):
-    """The scheduler said no (MaxArraySize, a submit limit, resources no node has): nothing
-    was queued. Its message is one line, the scheduler's own reason."""
 
 
 @contextlib.contextmanager
@@ -47,6 +40,20 @@ def _unsignalled_children() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _as_one_sweep(err: Unrecorded, before: int, arrays: int) -> Unrecorded:
+    """What went wrong with array ``before + 1`` of ``arrays``, said of the sweep."""
+    if isinstance(err, SubmitRefused):
+        if not before:
+            return SubmitRefused(f"sbatch refused the array: {err}")
+        return SubmitRefused(
+            f"sbatch refused array {before + 1} of {arrays}: {err} "
+            "(the arrays queued before it were cancelled)"
+        )
+    if not before:
+        return err
+    return Unrecorded(f"{err} (the arrays queued before it were cancelled)", err.cancelled)
 
 
 class Submitter(Protocol):
@@ -82,8 +89,6 @@ class ArraySubmission:
         self.root, self.sweep, self.profile = root, sweep, profile
 
     def start(self, points: Sequence[Point]) -> None:
-        from submitit.core.utils import FailedJobError
-
         from hpcpipe.launch.submission import submit_array
         from hpcpipe.sweep.task import run_point
 
@@ -97,22 +102,15 @@ class ArraySubmission:
             n = len(part)
             args = [[str(root / p.workspace) for p in part], [sweep.checkout] * n, [sweep.affected] * n]
             after = arrays[-1] if arrays else None  # one array at a time: --parallelism holds over all
-            # submitit prints sbatch's stderr before raising it: kept here, said once, as one line
-            with contextlib.redirect_stderr(io.StringIO()) as chatter, _unsignalled_children():
+            with _unsignalled_children():
                 try:
                     jobs = submit_array(
                         root, tuned_profile, key, run_point, args, folder, min(at_once, n), after
                     )
-                except (FailedJobError, OSError, subprocess.SubprocessError) as err:
-                    reason = last_line(str(err))
+                except Unrecorded as err:  # refused, or queued and then cancelled: nothing is queued
                     if arrays:  # all or nothing: the arrays queued before it are cancelled
                         self._take_back(points[: sum(len(q) for q in parts[: len(arrays)])], arrays)
-                        raise SubmitRefused(
-                            f"sbatch refused array {len(arrays) + 1} of {len(parts)}: {reason} "
-                            "(the arrays queued before it were cancelled)"
-                        ) from None
-                    raise SubmitRefused(f"sbatch refused the array: {reason}") from None
-            sys.stderr.write(chatter.getvalue())
+                    raise _as_one_sweep(err, len(arrays), len(parts)) from None
             now = time.time()
             for point, job in zip(part, jobs, strict=True):
                 where = str(Path(job.paths.folder).resolve())
