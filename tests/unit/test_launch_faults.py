@@ -225,3 +225,26 @@ def test_a_job_that_can_be_neither_recorded_nor_cancelled_says_what_to_do(tmp_pa
         record_or_cancel(tmp_path, profile, _entry(tmp_path, stage="sweep-s", job_id="77_0"), lambda: None)
     assert caught.value.cancelled
     assert str(caught.value).endswith("; cancelled job 77 rather than leave it running untracked")
+
+
+def test_a_submission_that_cannot_start_is_one_line_not_a_traceback(tmp_path: Path, capsys):
+    """What submitit can raise before anything is queued: sbatch's refusal, no sbatch on
+    PATH, a job folder it cannot write its pickles to. Each is one line, its last line,
+    and what was printed meanwhile is not said twice."""
+    import sys
+
+    from submitit.core.utils import FailedJobError
+
+    from hpcpipe.launch.submission import SubmitRefused, refusal_in_one_line
+
+    raised = [
+        FailedJobError("sbatch: error: Batch job submission failed: Invalid account"),
+        FileNotFoundError(2, "No such file or directory", "sbatch"),
+        PermissionError(13, "Permission denied", str(tmp_path / "jobs" / "x_submitted.pkl")),
+    ]
+    for err in raised:
+        with pytest.raises(SubmitRefused) as caught, refusal_in_one_line():
+            print("submitit's own copy of the complaint", file=sys.stderr)
+            raise err
+        assert str(caught.value) == str(err).splitlines()[-1]
+        assert capsys.readouterr().err == ""  # the caller says it once

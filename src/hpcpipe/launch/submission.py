@@ -162,8 +162,9 @@ def refusal_in_one_line(quiet: bool = True) -> Iterator[None]:
     try:
         with contextlib.redirect_stderr(chatter) if quiet else contextlib.nullcontext():
             yield
-    except (FailedJobError, subprocess.SubprocessError, FileNotFoundError) as err:
-        raise SubmitRefused(last_line(str(err))) from None  # FileNotFoundError: no sbatch here
+    except (FailedJobError, subprocess.SubprocessError, OSError) as err:
+        # OSError: no sbatch here, or the job folder's pickles could not be written
+        raise SubmitRefused(last_line(str(err))) from None
     sys.stderr.write(chatter.getvalue())
 
 
